@@ -1,0 +1,100 @@
+"""Attention kernels behind one function, `attend`.
+
+Layouts are token-major, as the model keeps them: q (Lq, Hq, hd), k/v (Lk, Hkv, hd), GQA with
+q head i reading kv head i // (Hq // Hkv). Backends:
+- "sdpa" (default): torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is
+  preferred (measured fastest for MAGI-1 shapes on an H100), then flash, then efficient, then math.
+- "flash": flash-attn 2 (`flash_attn_func`) or 4 (`flash_attn.cute`) when importable.
+`available_backends()` says which are usable here.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from flowcache_core.errors import FlowcacheError
+
+ATTN_BACKENDS = ("sdpa", "flash")
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_fn():
+    """The flash-attn function if one is importable, else None."""
+    try:  # flash-attn 4 (pure-Python CuTe DSL wheel)
+        from flash_attn.cute import flash_attn_func  # type: ignore
+
+        return ("fa4", flash_attn_func)
+    except Exception:
+        pass
+    try:  # flash-attn 2
+        from flash_attn import flash_attn_func  # type: ignore
+
+        return ("fa2", flash_attn_func)
+    except Exception:
+        return None
+
+
+def available_backends() -> list[str]:
+    out = ["sdpa"]
+    if torch.cuda.is_available() and _flash_fn() is not None:
+        out.append("flash")
+    return out
+
+
+def check_backend(name: str) -> str:
+    if name not in ATTN_BACKENDS:
+        raise FlowcacheError(f"--attn-backend {name!r} unknown (allowed: {', '.join(ATTN_BACKENDS)})")
+    if name == "flash" and "flash" not in available_backends():
+        raise FlowcacheError("--attn-backend 'flash' needs CUDA and an importable flash-attn (2 or 4); use 'sdpa'")
+    return name
+
+
+def _sdpa_context(device: torch.device):
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # older torch without set_priority
+        return sdpa_kernel(order)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           backend: str = "sdpa") -> torch.Tensor:
+    """Full (non-causal) attention of q over k/v.
+
+    q: (B, Lq, Hq, hd); k, v: (B, Lk, Hkv, hd); mask: optional bool (B, Hq or 1, Lq or 1, Lk), True = attend.
+    Returns (B, Lq, Hq, hd). Softmax scale 1/sqrt(hd).
+    """
+    hq, hkv = q.shape[2], k.shape[2]
+    if backend == "flash" and mask is None:
+        kind, fn = _flash_fn()  # type: ignore[misc]
+        out = fn(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
+    if hq != hkv:
+        # enable_gqa keeps K/V unexpanded where the backend supports it; expand otherwise (CPU math path).
+        if q.device.type == "cuda":
+            with _sdpa_context(q.device):
+                out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True)
+            return out.transpose(1, 2)
+        rep = hq // hkv
+        kt, vt = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1)
+    with _sdpa_context(q.device):
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def attention_flops(lq: int, lk: int, heads: int, head_dim: int) -> float:
+    """Matmul FLOPs of one attention call (QK^T and PV), counting multiply-adds as 2."""
+    return 4.0 * lq * lk * heads * head_dim
+
+
+def softmax_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
