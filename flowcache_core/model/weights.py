@@ -1,0 +1,115 @@
+"""Load and save DiT weights as safetensors in MAGI-1's checkpoint layout, with official key names.
+
+A checkpoint directory holds either one `model.safetensors`, or shards plus `model.safetensors.index.json`
+(`{"metadata": {...}, "weight_map": {key: shard file}}`). Loading is strict: every key the model has must be
+present with the right shape, and no unknown key may be left over; the first problem is reported in one line.
+Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flowcache_core.errors import FlowcacheError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FlowcacheError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FlowcacheError(f"checkpoint file {str(path)!r} is not a readable safetensors file ({msg})") from None
+
+
+def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (sharded with an index, or a single file)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
+    index = d / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise FlowcacheError(f"{str(index)!r} is not a valid safetensors index (needs a 'weight_map' object)") from None
+        sd: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            part = _read_safetensors(d / shard, device)
+            sd.update(part)
+        missing = [k for k, f in weight_map.items() if k not in sd]
+        if missing:
+            raise FlowcacheError(f"index {str(index)!r} names {missing[0]!r} in {weight_map[missing[0]]!r}, which does not hold it")
+        return sd
+    if (d / SINGLE_NAME).is_file():
+        return _read_safetensors(d / SINGLE_NAME, device)
+    raise FlowcacheError(f"checkpoint directory {str(d)!r} has neither {INDEX_NAME} nor {SINGLE_NAME}")
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    """Strict check: same keys, same shapes. Raises FlowcacheError naming the first mismatch."""
+    own = model.state_dict()
+    for k, p in own.items():
+        if k not in sd:
+            raise FlowcacheError(f"{where}: missing weight {k!r} (expected shape {tuple(p.shape)})")
+        if tuple(sd[k].shape) != tuple(p.shape):
+            raise FlowcacheError(
+                f"{where}: weight {k!r} has shape {tuple(sd[k].shape)}, the config needs {tuple(p.shape)}")
+    extra = sorted(set(sd) - set(own))
+    if extra:
+        raise FlowcacheError(f"{where}: unexpected weight {extra[0]!r} (not part of this model config)")
+
+
+def load_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> torch.nn.Module:
+    sd = read_state_dict(ckpt_dir)
+    check_state_dict(model, sd, f"checkpoint {str(ckpt_dir)!r}")
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.to(dtypes[k]) for k, v in sd.items()}, strict=True)
+    return model
+
+
+def save_weights(model_or_sd, ckpt_dir: str | os.PathLike, max_shard_bytes: int | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write a checkpoint directory; shards + index when the weights exceed `max_shard_bytes`."""
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, torch.nn.Module) else model_or_sd
+    sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    d = Path(ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        _atomic_save(sd, d / SINGLE_NAME, metadata)
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k in sorted(sd):
+        nb = sd[k].numel() * sd[k].element_size()
+        if shards[-1] and size + nb > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = sd[k]
+        size += nb
+    n = len(shards)
+    weight_map = {}
+    for i, part in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        _atomic_save(part, d / name, metadata)
+        weight_map.update({k: name for k in part})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    tmp = d / (INDEX_NAME + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, d / INDEX_NAME)
+
+
+def _atomic_save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=metadata)
+    os.replace(tmp, path)

@@ -1,0 +1,119 @@
+"""MAGI-1's chunk pipeline as a plan: which chunks each forward carries, at which noise level, seeing which chunks.
+
+Pure bookkeeping, no tensors of the model: `plan_forwards` lists every forward of a generation (prefix
+prefill, then the pipelined stages), so the sampler executes it and tests compare it with the official
+schedule. Facts (SandAI-org/MAGI-1 inference/pipeline/video_generate.py):
+- time grid t = s(u^2), u = linspace(0, 1, n+1), s(x) = x / (3 - 2x); t = 0 noise, t = 1 clean (float32);
+  with 12 steps the distilled shortcut walks the 16-step grid in strides given by `shortcut_mode`;
+- `window_size` chunks are denoised together; each stage is num_steps / window_size steps; the oldest chunk
+  in the window is the most denoised; after each stage the oldest chunk is clean and leaves the window;
+- a chunk that just became clean is forwarded once more (at t = clean_t, null caption, seeing only itself)
+  at the first step of the next stage, and that forward writes its K/V for every later chunk;
+- a denoising chunk at its own step s sees the last noise2clean_kvrange[s // (n / len)] chunks incl. itself;
+- distill models: if the oldest denoising chunk's t > threshold, it is forwarded twice (once seeing only
+  itself) and the two velocities are blended 0.7 / 0.3.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+def init_t(num_steps: int, shortcut_mode: str = "8,16,16") -> tuple[torch.Tensor, list[float]]:
+    """The float32 time grid (num_steps + 1 values) and each step's shortcut interval."""
+
+    def grid(n: int) -> torch.Tensor:
+        t = torch.linspace(0, 1, n + 1, dtype=torch.float32) ** 2
+        # s(x) = x / (3 - 2x), written as the official code evaluates it so the float32 grid matches bit for bit
+        return t * (1 / 3) / (1 + (1 / 3 - 1) * t)
+
+    if num_steps % 3 == 0:  # shortcut intervals (strides 2,1,1 for "8,16,16"; 1,1,2 for "16,16,8")
+        strides = [16 // int(m) for m in shortcut_mode.split(",")]
+        intervals = [int(i) for i in (strides * (num_steps // len(strides) + 1))[:num_steps]]
+        if num_steps != 12:
+            return grid(num_steps), intervals
+        idx = [0]  # 12 steps walk the 16-step grid in those strides
+        for s in intervals:
+            idx.append(idx[-1] + s)
+        return grid(16)[idx], intervals
+    return grid(num_steps), [1.0] * num_steps
+
+
+@dataclass
+class Row:
+    """One chunk of one forward."""
+
+    chunk_id: int
+    step: int | None  # the chunk's own denoise step; None for a clean chunk (prefix or just finished)
+    kv_start: int  # first chunk this row attends to (to chunk_id inclusive)
+
+    @property
+    def clean(self) -> bool:
+        return self.step is None
+
+
+@dataclass
+class Forward:
+    index: int  # sampler step (prefix prefill shares index 0 with the first step)
+    stage: int
+    denoise_idx: int
+    rows: list[Row]  # clean rows first, then the window oldest -> newest
+    prefill: bool = False  # the prefix-video forward that only fills the KV store
+    nearly_clean: bool = False  # distill: oldest denoising chunk forwarded again, seeing only itself
+    distill_interval: float = 1.0
+    emits: list[int] = field(default_factory=list)  # chunks that are clean after this forward
+
+    @property
+    def denoising(self) -> list[Row]:
+        return [r for r in self.rows if not r.clean]
+
+
+def kv_start_for(chunk_id: int, step: int | None, num_steps: int, noise2clean_kvrange: list[int],
+                 clean_chunk_kvrange: int) -> int:
+    if step is None:
+        r = clean_chunk_kvrange
+    elif noise2clean_kvrange:
+        r = noise2clean_kvrange[step // (num_steps // len(noise2clean_kvrange))]
+    else:
+        r = -1
+    return 0 if r is None or r < 1 else max(0, chunk_id - r + 1)
+
+
+def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset: int = 0, *,
+                  noise2clean_kvrange: list[int] | None = None, clean_chunk_kvrange: int = 1,
+                  distill: bool = False, nearly_clean_threshold: float = 0.3,
+                  shortcut_mode: str = "8,16,16") -> list[Forward]:
+    """Every forward of a generation of `chunk_num` chunks, the first `chunk_offset` of them clean prefix."""
+    kvr = list(noise2clean_kvrange or [])
+    ts, intervals = init_t(num_steps, shortcut_mode)
+    d = num_steps // window_size
+    out: list[Forward] = []
+    if chunk_offset > 0:
+        rows = [Row(c, None, kv_start_for(c, None, num_steps, kvr, clean_chunk_kvrange)) for c in range(chunk_offset)]
+        out.append(Forward(0, 0, 0, rows, prefill=True))
+    gen = chunk_num - chunk_offset
+    for stage in range(gen + window_size - 1):
+        lo = max(chunk_offset, chunk_offset + stage - window_size + 1)
+        hi = min(chunk_offset + stage + 1, chunk_num)
+        for di in range(d):
+            rows = []
+            if di == 0 and lo > chunk_offset:  # the chunk that became clean at the end of the last stage
+                c = lo - 1
+                rows.append(Row(c, None, kv_start_for(c, None, num_steps, kvr, clean_chunk_kvrange)))
+            for c in range(lo, hi):
+                s = (stage - (c - chunk_offset)) * d + di
+                rows.append(Row(c, s, kv_start_for(c, s, num_steps, kvr, clean_chunk_kvrange)))
+            den = [r for r in rows if not r.clean]
+            near = distill and float(ts[den[0].step]) > nearly_clean_threshold  # float32 t vs a float64 threshold, as official
+            emits = [r.chunk_id for r in den if r.step == num_steps - 1]
+            out.append(Forward(stage * d + di, stage, di, rows, nearly_clean=near,
+                               distill_interval=intervals[den[0].step], emits=emits))
+    return out
+
+
+def chunk_layout(num_latent_frames: int, prefix_latent_frames: int, chunk_width: int) -> tuple[int, int]:
+    """(chunk_num, chunk_offset) as MAGI-1 computes them: prefix chunks count, partial prefix chunks are pasted."""
+    chunk_num = math.ceil((num_latent_frames + prefix_latent_frames) / chunk_width)
+    return chunk_num, prefix_latent_frames // chunk_width
