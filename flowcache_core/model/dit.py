@@ -40,13 +40,13 @@ class ChunkBatch:
     attend to each other's current K/V; other chunks in range are read from the KV store.
     """
 
-    x: torch.Tensor  # (n, C, cw, h, w) noisy latents
-    t: torch.Tensor  # (n,) flow time of each chunk, 0 = noise, 1 = clean
+    x: torch.Tensor  # (n, C, cw, h, w) noisy latents, or (B, n, C, cw, h, w) for B videos (training)
+    t: torch.Tensor  # (n,) or (B, n) flow time of each chunk, 0 = noise, 1 = clean
     chunk_ids: list[int]  # absolute chunk index of each row
     kv_start: list[int]  # first chunk each row attends to
-    caption: torch.Tensor  # (n, Lc, Dcap) caption embedding per chunk
-    caption_mask: torch.Tensor  # (n, Lc) 1 = valid token
-    caption_dropped: torch.Tensor  # (n,) bool: adaLN vector null[-1] (dropped) instead of null[-2]
+    caption: torch.Tensor  # ([B,] n, Lc, Dcap) caption embedding per chunk
+    caption_mask: torch.Tensor  # ([B,] n, Lc) 1 = valid token
+    caption_dropped: torch.Tensor  # ([B,] n) bool: adaLN vector null[-1] (dropped) instead of null[-2]
     write_kv: list[bool]  # store this row's K/V after the forward
     time_offset: list[int] | None = None  # first RoPE time position per row (default chunk_id * cw)
     shared: list[bool] | None = None  # row visible to other rows (False for the nearly-clean duplicate)
@@ -133,10 +133,10 @@ class LearnableRoPE(nn.Module):
 
     @staticmethod
     def apply(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-        """x: (S, H, hd) float32; sin/cos (S, r) with 2r <= hd rotate dims [:r] with [r:2r]."""
+        """x: (..., S, H, hd) float32; sin/cos (..., S, r), 2r <= hd: rotate dims [:r] with [r:2r]."""
         r = sin.shape[-1]
         x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
-        s, c = sin[:, None, :], cos[:, None, :]
+        s, c = sin[..., None, :], cos[..., None, :]
         return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
 
 
@@ -204,35 +204,32 @@ class TransformerLayer(nn.Module):
         self.mlp_post_norm = LayerNorm1p(D, cfg.layernorm_epsilon)
 
     def forward(self, x: torch.Tensor, ctx: "_LayerContext") -> torch.Tensor:
-        n, L, D = x.shape  # (chunks, tokens per chunk, hidden)
+        B, n, L, D = x.shape  # (videos, chunks, tokens per chunk, hidden)
         sa = self.self_attention
         Hq, Hkv, hd = sa.Hq, sa.Hkv, sa.hd
-        h = sa.linear_qkv.layer_norm(x)  # (n, L, D)
+        h = sa.linear_qkv.layer_norm(x)  # (B, n, L, D)
 
-        # Self-attention inputs: per-head 1p-LayerNorm then RoPE, in float32.
-        q = sa.q_layernorm(sa.linear_qkv.q(h).view(n, L, Hq, hd))
-        k = sa.k_layernorm(sa.linear_qkv.k(h).view(n, L, Hkv, hd))
-        q = torch.stack([LearnableRoPE.apply(q[j], *ctx.rope[j]) for j in range(n)]).to(x.dtype)  # (n, L, Hq, hd)
-        k = torch.stack([LearnableRoPE.apply(k[j], *ctx.rope[j]) for j in range(n)]).to(x.dtype)  # (n, L, Hkv, hd)
-        v = sa.linear_qkv.v(h).view(n, L, Hkv, hd)
-        self_out = self._block_causal_attention(q, k, v, ctx)  # (n, L, Hq, hd)
+        # Self-attention inputs: per-head 1p-LayerNorm then RoPE (absolute positions), in float32.
+        sin, cos = ctx.rope  # (n, L, r) each
+        q = LearnableRoPE.apply(sa.q_layernorm(sa.linear_qkv.q(h).view(B, n, L, Hq, hd)), sin, cos).to(x.dtype)
+        k = LearnableRoPE.apply(sa.k_layernorm(sa.linear_qkv.k(h).view(B, n, L, Hkv, hd)), sin, cos).to(x.dtype)
+        v = sa.linear_qkv.v(h).view(B, n, L, Hkv, hd)
+        self_out = self._block_causal_attention(q, k, v, ctx)  # (B, n, L, Hq, hd)
 
-        # Cross-attention: each chunk reads its own caption tokens.
-        qx = sa.q_layernorm_xattn(sa.linear_qkv.qx(h).view(n, L, Hq, hd)).to(x.dtype)
-        kvx = sa.linear_kv_xattn(ctx.caption_tokens).view(-1, Hkv, 2 * hd)  # (tokens of all chunks, Hkv, 2hd)
+        # Cross-attention: each chunk reads its own caption's valid tokens.
+        qx = sa.q_layernorm_xattn(sa.linear_qkv.qx(h).view(B * n, L, Hq, hd)).to(x.dtype)
+        kvx = sa.linear_kv_xattn(ctx.caption_tokens).view(B * n, -1, Hkv, 2 * hd)  # (B*n, Lc, Hkv, 2hd)
         kx = sa.k_layernorm_xattn(kvx[..., :hd]).to(x.dtype)
         vx = kvx[..., hd:]
-        cross_out = torch.zeros_like(qx)
-        for j, (a, b) in enumerate(ctx.caption_ranges):
-            if b > a:  # a chunk without caption tokens gets zero cross-attention output
-                cross_out[j] = attend(qx[j : j + 1], kx[None, a:b], vx[None, a:b], backend=ctx.backend)[0]
+        cross_out = attend(qx, kx, vx, mask=ctx.caption_attn_mask, backend=ctx.backend)
+        cross_out = cross_out * ctx.caption_any  # a chunk without caption tokens gets zero cross-attention output
 
         # [self | cross] interleaved in 8 head groups before the shared output projection (MAGI-1's TP8 layout).
-        a = torch.cat([self_out.reshape(n, L, Hq * hd), cross_out.reshape(n, L, Hq * hd)], dim=-1)
-        a = rearrange(a, "n l (two g d) -> n l (g two d)", two=2, g=8)
+        a = torch.cat([self_out.reshape(B, n, L, Hq * hd), cross_out.reshape(B, n, L, Hq * hd)], dim=-1)
+        a = rearrange(a, "b n l (two g d) -> b n l (g two d)", two=2, g=8)
         a = sa.linear_proj(a)
 
-        gate_msa, gate_mlp = ctx.gates[self.layer_number]  # (n, 1, D) each, float32
+        gate_msa, gate_mlp = ctx.gates[self.layer_number]  # (B, n, 1, D) each, float32
         x = (self.self_attn_post_norm(a.float() * gate_msa) + x.float()).to(x.dtype)
         m = self.mlp(x)
         x = (self.mlp_post_norm(m.float() * gate_mlp) + x.float()).to(x.dtype)
@@ -241,19 +238,23 @@ class TransformerLayer(nn.Module):
     def _block_causal_attention(self, q, k, v, ctx: "_LayerContext") -> torch.Tensor:
         """Row j attends to chunks kv_start[j]..chunk_ids[j]: its own forward's rows first, the store for the rest."""
         b = ctx.batch
-        layer = self.layer_number
-        shared = b.shared or [True] * len(b.chunk_ids)
-        here = {cid: j for j, cid in enumerate(b.chunk_ids) if shared[j]}
+        B, n, L, Hq, hd = q.shape
         kv = ctx.kv
-        if kv is not None and kv.capture_queries_of is not None and kv.capture_queries_of in here:
+        if kv is None:  # everything in range is in this forward: one masked attention over all tokens
+            out = attend(q.reshape(B, n * L, Hq, hd), k.reshape(B, n * L, -1, hd), v.reshape(B, n * L, -1, hd),
+                         mask=ctx.dense_mask, backend=ctx.backend)
+            return out.view(B, n, L, Hq, hd)
+        layer = self.layer_number
+        q, k, v = q[0], k[0], v[0]  # the KV store serves one video
+        shared = b.shared or [True] * n
+        here = {cid: j for j, cid in enumerate(b.chunk_ids) if shared[j]}
+        if kv.capture_queries_of is not None and kv.capture_queries_of in here:
             kv.captured_queries[layer] = q[here[kv.capture_queries_of]].detach()
         out = torch.empty_like(q)
         for j, cid in enumerate(b.chunk_ids):
             ids = range(b.kv_start[j], cid + 1)
-            ks, vs = [], []
-            if kv is not None:
-                stored = [c for c in ids if c not in here and c != cid]
-                ks, vs = kv.store.read(layer, kv.read_ctxs, stored)
+            stored = [c for c in ids if c not in here and c != cid]
+            ks, vs = kv.store.read(layer, kv.read_ctxs, stored)
             for c in ids:
                 if c == cid:
                     ks.append(k[j]); vs.append(v[j])
@@ -262,11 +263,10 @@ class TransformerLayer(nn.Module):
             kk = torch.cat(ks) if len(ks) > 1 else ks[0]
             vv = torch.cat(vs) if len(vs) > 1 else vs[0]
             out[j] = attend(q[j : j + 1], kk[None].to(q.dtype), vv[None].to(q.dtype), backend=ctx.backend)[0]
-        if kv is not None:
-            for j, cid in enumerate(b.chunk_ids):
-                if b.write_kv[j]:
-                    kv.store.write(layer, kv.write_ctx, cid, k[j], v[j])
-        return out
+        for j, cid in enumerate(b.chunk_ids):
+            if b.write_kv[j]:
+                kv.store.write(layer, kv.write_ctx, cid, k[j], v[j])
+        return out[None]
 
 
 @dataclass
@@ -275,10 +275,12 @@ class _LayerContext:
 
     batch: ChunkBatch
     kv: KVAccess | None
-    rope: list[tuple[torch.Tensor, torch.Tensor]]  # per row: sin, cos (L, r)
-    caption_tokens: torch.Tensor  # (valid tokens of all rows, D) projected captions
-    caption_ranges: list[tuple[int, int]]  # per row: its tokens in caption_tokens
-    gates: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: gate_msa, gate_mlp (n, 1, D)
+    rope: tuple[torch.Tensor, torch.Tensor]  # sin, cos (n, L, r)
+    caption_tokens: torch.Tensor  # (B*n, Lc, D) projected captions, padded
+    caption_attn_mask: torch.Tensor  # (B*n, 1, 1, Lc) bool
+    caption_any: torch.Tensor  # (B*n, 1, 1, 1): 0 for rows without a valid caption token
+    dense_mask: torch.Tensor | None  # (n*L, n*L) bool block-causal mask when no store is used
+    gates: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: gate_msa, gate_mlp (B, n, 1, D)
     backend: str
 
 
@@ -346,42 +348,62 @@ class VideoDiT(nn.Module):
         return c + self.y_embedder.adaln(dropped.to(t.device))
 
     def forward(self, batch: ChunkBatch, kv: KVAccess | None = None) -> torch.Tensor:
-        """Velocity for each chunk row: (n, C, cw, h, w) float32."""
+        """Velocity for each chunk row: ([B,] n, C, cw, h, w) float32."""
         cfg = self.cfg
-        n, _, T, h, w = batch.x.shape
+        single = batch.x.dim() == 5
+        xb = batch.x[None] if single else batch.x  # (B, n, C, T, h, w)
+        expand = (lambda z: z[None]) if single else (lambda z: z)
+        tb, cap, capm, drop = expand(batch.t), expand(batch.caption), expand(batch.caption_mask), expand(batch.caption_dropped)
+        B, n, C, T, h, w = xb.shape
+        if kv is not None and B != 1:
+            raise ValueError("the KV store serves one video at a time")
         p = cfg.patch_size
         H, W = h // p, w // p
+        L = T * H * W
         dtype = self.dtype
 
-        x = self.embed_patches(batch.x).to(dtype)  # (n, L, D) with L = T*H*W
-        cond = self.condition(batch.t, batch.caption_dropped, batch.distill_dt).to(dtype)  # (n, Dc)
+        x = self.embed_patches(xb.flatten(0, 1)).to(dtype).view(B, n, L, -1)  # (B, n, L, D)
+        cond = self.condition(tb.flatten(), drop.flatten(), batch.distill_dt).to(dtype)  # (B*n, Dc)
         offsets = batch.time_offset if batch.time_offset is not None else [c * T for c in batch.chunk_ids]
-        rope = [self.rope.sin_cos(torch.arange(o, o + T), H, W) for o in offsets]
+        sc = [self.rope.sin_cos(torch.arange(o, o + T), H, W) for o in offsets]
+        rope = (torch.stack([a for a, _ in sc]), torch.stack([b for _, b in sc]))  # (n, L, r) each
 
-        # Valid caption tokens of every row, projected once: (sum of valid tokens, D).
-        mask = batch.caption_mask.bool()
-        caption_tokens = self.y_embedder.y_proj_xattn(batch.caption[mask].float()).to(dtype)
-        counts = mask.sum(dim=1).tolist()
-        starts = [sum(counts[:j]) for j in range(n)]
-        caption_ranges = [(s, s + c) for s, c in zip(starts, counts)]
+        # Captions: project once, trimmed to the last column any row uses. (B*n, Lc, D)
+        mask = capm.flatten(0, 1).bool()
+        used = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+        mask = mask[:, :used]
+        caption_tokens = self.y_embedder.y_proj_xattn(cap.flatten(0, 1)[:, :used].float()).to(dtype)
+        any_valid = mask.any(1)
+        attn_mask = (mask | ~any_valid[:, None])[:, None, None, :]  # rows with no token attend anywhere, then zeroed
+        caption_any = any_valid.to(dtype)[:, None, None, None]
+
+        dense_mask = None
+        if kv is None:
+            ids = torch.tensor(batch.chunk_ids)
+            starts = torch.tensor(batch.kv_start)
+            shared = torch.tensor(batch.shared or [True] * n)
+            rows = (ids[None, :] >= starts[:, None]) & (ids[None, :] <= ids[:, None]) & shared[None, :]
+            rows |= torch.eye(n, dtype=torch.bool)
+            dense_mask = rows.repeat_interleave(L, 0).repeat_interleave(L, 1).to(xb.device)  # (n*L, n*L)
 
         silu_cond = F.silu(cond)
         gates = []
         for layer in self.videodit_blocks.layers:
-            g = torch.tanh(layer.ada_modulate_layer.proj(silu_cond).float())  # (n, 2D)
+            g = torch.tanh(layer.ada_modulate_layer.proj(silu_cond).float()).view(B, n, 1, -1)  # (B, n, 1, 2D)
             gm, gf = g.chunk(2, dim=-1)
-            gates.append((gm[:, None, :], gf[:, None, :]))
+            gates.append((gm, gf))
 
-        ctx = _LayerContext(batch, kv, rope, caption_tokens, caption_ranges, gates, self.attn_backend)
+        ctx = _LayerContext(batch, kv, rope, caption_tokens, attn_mask, caption_any, dense_mask, gates, self.attn_backend)
         for layer in self.videodit_blocks.layers:
             x = layer(x, ctx)
 
         x = self.videodit_blocks.final_layernorm(x)  # float32
         out = self.final_linear.linear(x.to(self.final_linear.linear.weight.dtype)).float()
-        v = rearrange(out, "n (t hh ww) (ph pw c) -> n c t (hh ph) (ww pw)", t=T, hh=H, ww=W, ph=p, pw=p)
+        v = rearrange(out, "b n (t hh ww) (ph pw c) -> b n c t (hh ph) (ww pw)", t=T, hh=H, ww=W, ph=p, pw=p)
         if cfg.half_channel_vae:
-            v = v[:, : cfg.out_channels // 2]
-        return v / cfg.x_rescale_factor
+            v = v[:, :, : cfg.out_channels // 2]
+        v = v / cfg.x_rescale_factor
+        return v[0] if single else v
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
