@@ -13,6 +13,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """flowcache: make autoregressive video diffusion fast by caching, and measure what it costs."""
+
+
 # One module per command; each defines `register(app)`. A module that does not exist yet is skipped.
 _COMMAND_MODULES = ["generate", "evaluate", "sample_benchmark", "train_default", "sweep", "info"]
 for _name in _COMMAND_MODULES:

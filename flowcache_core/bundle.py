@@ -1,0 +1,67 @@
+"""A model bundle: everything `generate` needs, in one directory.
+
+Layout (the shipped default model uses it; a user's own trained model too):
+    config.json                     MAGI-1 schema (model_config, runtime_config, engine_config) plus a
+                                    "flowcache" object: {"codec": {"name": ..., ...}, "text_encoder": "word"}
+    model.safetensors               DiT weights, official MAGI-1 key names (or shards + model.safetensors.index.json)
+    text_encoder.safetensors/.json  the built-in word encoder (text_encoder "word")
+Official MAGI-1 release directories (VAE + T5) are a separate loader (not in this module yet).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flowcache_core.config import MagiConfig
+from flowcache_core.errors import FlowcacheError
+from flowcache_core.model.codec import LatentCodec, make_codec
+from flowcache_core.model.dit import DTYPES, VideoDiT, build_model
+from flowcache_core.model.text import load_text_encoder
+from flowcache_core.model.weights import load_weights
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class Bundle:
+    config: MagiConfig
+    model: VideoDiT
+    codec: LatentCodec
+    text_encoder: torch.nn.Module
+    path: Path | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_model_dir() -> Path:
+    return DEFAULT_MODEL_DIR
+
+
+def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
+                attn_backend: str = "sdpa") -> Bundle:
+    d = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if not d.is_dir():
+        raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FlowcacheError(f"checkpoint directory {str(d)!r} has no config.json (MAGI-1 schema)")
+    config = MagiConfig.from_json(cfg_path).validate()
+    fc = config.extra.get("flowcache") or {}
+    codec_spec = dict(fc.get("codec") or {})
+    if not codec_spec:
+        raise FlowcacheError(f"{str(cfg_path)!r} names no latent codec (flowcache.codec); MAGI-1 release directories need the VAE loader")
+    codec = make_codec(codec_spec.pop("name"), **codec_spec)
+    if fc.get("text_encoder", "word") != "word":
+        raise FlowcacheError(f"{str(cfg_path)!r}: text encoder {fc.get('text_encoder')!r} unknown (allowed: word)")
+    text_encoder = load_text_encoder(str(d), device=device).eval()
+    model = build_model(config.model, device="meta", attn_backend=attn_backend)
+    model = model.to_empty(device=device)
+    model.set_dtype(torch.float32)
+    load_weights(model, d)
+    model.set_dtype(dtype or (torch.float32 if str(device) == "cpu" else DTYPES[config.model.params_dtype]))
+    return Bundle(config, model.eval(), codec, text_encoder, d)

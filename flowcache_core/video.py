@@ -1,0 +1,305 @@
+"""Video and image io: mp4 through the ffmpeg that the `imageio-ffmpeg` wheel bundles, images through Pillow.
+
+Pixels at this boundary are `uint8` numpy arrays: videos `(T, H, W, 3)`, images `(H, W, 3)`, RGB.
+
+Encoding (decided here, used by every writer in the package):
+- default: H.264 (libx264), yuv420p, CRF 12, preset medium. CRF 12 is past "visually lossless" (~17-18)
+  on purpose: `evaluate` compares cached against uncached videos, and the codec's error must stay far
+  below the differences we measure. Round trip of natural-looking (smooth) 64x64 content: > 40 dB PSNR.
+  Caveat measured here: 4:2:0 halves chroma resolution, so saturated coloured edges on tiny frames
+  (synthetic squares at 64x64) cap at ~30-35 dB whatever the CRF (yuv444p CRF 0 gives 52 dB).
+- `lossless=True`: H.264 in RGB (libx264rgb, `-qp 0`, High 4:4:4 Predictive). Bit-exact round trip;
+  use it for reference/candidate videos that are only compared (PSNR/SSIM/LPIPS then measure the
+  sampler, not the codec). Plays in ffmpeg/VLC, not in browsers.
+- yuv420p needs even sizes. An odd width/height is padded by repeating the last column/row, and the
+  true size is stored in the mp4's `comment` tag (`flowcache:size=WxH`); `read_video` crops it back.
+  Other players show the extra row/column.
+
+Writes are atomic: the encoder writes a hidden temp file in the destination folder, which is renamed
+over the destination only when complete. A failed or interrupted write leaves any earlier file intact.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from flowcache_core.errors import FlowcacheError
+
+DEFAULT_CRF = 12
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_SIZE_TAG = "flowcache:size="
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg (there is no system ffmpeg)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (before any expensive work) if `path` cannot be written: missing or read-only folder,
+    or the path is a folder. Returns the path as a Path."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise FlowcacheError(f"output path {path} is a folder; give a file name")
+    if not parent.exists():
+        raise FlowcacheError(f"output folder {parent} of {path} does not exist; create it first")
+    if not parent.is_dir():
+        raise FlowcacheError(f"output folder {parent} of {path} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FlowcacheError(f"output folder {parent} of {path} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FlowcacheError(f"output file {path} exists and is read-only")
+    return path
+
+
+def _check_input_path(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FlowcacheError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise FlowcacheError(f"{what} {path} is a folder, expected a file")
+    if not os.access(path, os.R_OK):
+        raise FlowcacheError(f"{what} {path} is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise FlowcacheError(f"{what} {path} is empty (0 bytes)")
+    return path
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    """A fresh hidden temp file in the destination's folder (so os.replace is a rename), mode 0o666&~umask."""
+    check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:
+        raise FlowcacheError(f"cannot write in folder {path.parent}: {e.strerror}") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _ffmpeg_reason(stderr: str) -> str:
+    """The most informative line of ffmpeg's stderr, for a one-line error."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    skip = ("Conversion failed", "Error opening input file", "Error opening input files")
+    for ln in reversed(lines):
+        if not ln.startswith(skip):
+            return re.sub(r"^\[[^\]]*\]\s*", "", ln)
+    return lines[-1] if lines else "no message"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (JSON, CSV) through a temp file in the same folder and a rename."""
+    path = check_output_path(path)
+    tmp = _temp_beside(path, path.suffix)
+    ok = False
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        _commit(tmp, path)
+        ok = True
+    except OSError as e:
+        raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Video
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise FlowcacheError(
+            f"video frames must be uint8 of shape (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}"
+        )
+    if frames.shape[1] < 2 or frames.shape[2] < 2:
+        raise FlowcacheError(f"video frames must be at least 2x2 pixels, got {frames.shape[2]}x{frames.shape[1]}")
+    return np.ascontiguousarray(frames)
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float,
+    *,
+    crf: int | None = None,
+    lossless: bool = False,
+) -> Path:
+    """Write `frames` uint8 (T, H, W, 3) as an H.264 mp4, atomically. See the module doc for the encodings.
+
+    `crf` (0..51, lower is better) overrides the default quality of the yuv420p encoding.
+    """
+    path = check_output_path(path)
+    frames = _check_frames(frames)
+    if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise FlowcacheError(f"fps must be a positive number, got {fps!r}")
+    if crf is not None and not (0 <= int(crf) <= 51):
+        raise FlowcacheError(f"crf must be in 0..51, got {crf}")
+    t, h, w, _ = frames.shape
+    if lossless:
+        codec = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
+    else:
+        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row/column
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        crf_value = DEFAULT_CRF if crf is None else int(crf)
+        codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
+    ph, pw = frames.shape[1:3]
+    rate = str(Fraction(fps).limit_denominator(1001 * 1000))
+    tmp = _temp_beside(path, ".mp4")
+    cmd = [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
+        "-an", *codec,
+        "-metadata", f"comment={_SIZE_TAG}{w}x{h}", "-movflags", "+faststart", "-f", "mp4", str(tmp),
+    ]  # fmt: skip
+    ok = False
+    try:
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                for frame in frames:
+                    proc.stdin.write(frame.tobytes())
+            except BrokenPipeError:
+                pass
+            finally:
+                proc.stdin.close()
+                rc = proc.wait()
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+        if rc != 0:
+            raise FlowcacheError(f"cannot write video {path}: ffmpeg: {_ffmpeg_reason(stderr)}")
+        _commit(tmp, path)
+        ok = True
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    crop: tuple[int, int] | None  # (w, h) stored by write_video for odd sizes
+
+
+def _parse_info(stderr: str, path: Path) -> VideoInfo:
+    """Read size, fps and our size tag from ffmpeg's banner (there is no ffprobe in the wheel)."""
+    inp, _, out = stderr.partition("Output #0")
+    m_out = re.search(r"Stream #\d+:\d+.*?: Video: .*?, (\d+)x(\d+)", out)
+    m_in = re.search(r"Stream #\d+:\d+.*?: Video: (.*)", inp)
+    if not m_out or not m_in:
+        raise FlowcacheError(f"video {path} has no video stream")
+    fps_m = re.search(r", ([\d.]+)(k?) fps", m_in.group(1)) or re.search(r", ([\d.]+)(k?) tbr", m_in.group(1))
+    fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1) if fps_m else 0.0
+    tag = re.search(re.escape(_SIZE_TAG) + r"(\d+)x(\d+)", inp)
+    crop = (int(tag.group(1)), int(tag.group(2))) if tag else None
+    return VideoInfo(int(m_out.group(1)), int(m_out.group(2)), fps, crop)
+
+
+def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video to (frames uint8 (T, H, W, 3), fps). `max_frames` stops decoding after N frames."""
+    path = _check_input_path(path, "video")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0"]
+    if max_frames is not None:
+        cmd += ["-frames:v", str(int(max_frames))]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise FlowcacheError(f"video {path} is not readable: ffmpeg: {_ffmpeg_reason(stderr)}")
+    info = _parse_info(stderr, path)
+    frame_bytes = info.width * info.height * 3
+    n = len(proc.stdout) // frame_bytes
+    if n == 0:
+        raise FlowcacheError(f"video {path} has no decodable frames")
+    frames = np.frombuffer(proc.stdout, np.uint8, count=n * frame_bytes).reshape(n, info.height, info.width, 3)
+    if info.crop is not None:
+        cw, ch = info.crop
+        if cw <= info.width and ch <= info.height:
+            frames = frames[:, :ch, :cw]
+    return np.ascontiguousarray(frames), info.fps
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of frames, by decoding (imageio-ffmpeg's count_frames_and_secs; there is no ffprobe)."""
+    import imageio_ffmpeg
+
+    path = _check_input_path(path, "video")
+    try:
+        return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+    except (RuntimeError, ValueError, OSError) as e:
+        raise FlowcacheError(f"video {path} is not readable: {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG/JPEG/BMP/WebP image as uint8 (H, W, 3) RGB (alpha dropped, grey expanded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = _check_input_path(path, "image")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        reason = "not a recognised image" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
+        raise FlowcacheError(f"image {path} is not readable: {reason}") from None
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write uint8 (H, W, 3) as PNG (lossless) or JPEG (quality 95) by suffix, atomically."""
+    from PIL import Image
+
+    path = check_output_path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise FlowcacheError(f"image must be uint8 of shape (H, W, 3), got {image.dtype} {image.shape}")
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise FlowcacheError(f"image path {path} must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    tmp = _temp_beside(path, path.suffix)
+    ok = False
+    try:
+        kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format=fmt, **kwargs)
+        _commit(tmp, path)
+        ok = True
+    except OSError as e:
+        raise FlowcacheError(f"cannot write image {path}: {e}") from None
+    finally:
+        if not ok:
+            tmp.unlink(missing_ok=True)
+    return path
