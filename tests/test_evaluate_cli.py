@@ -21,9 +21,7 @@ FETCH = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.s
 
 
 def invoke(*args: str):
-    # While `evaluate` is the app's only command, Typer runs it without the subcommand name.
-    is_group = isinstance(typer.main.get_command(app), click.Group)
-    return runner.invoke(app, (["evaluate"] if is_group else []) + [str(a) for a in args])
+    return runner.invoke(app, ["evaluate"] + [str(a) for a in args])
 
 
 @functools.lru_cache(maxsize=1)
