@@ -79,8 +79,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return out[0] if isinstance(out, tuple) else out
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
     if hq != hkv:
-        # enable_gqa keeps K/V unexpanded where the backend supports it; expand otherwise (CPU math path).
-        if q.device.type == "cuda":
+        # enable_gqa keeps K/V unexpanded where the backend supports it; expand otherwise (CPU, or a mask,
+        # which only the memory-efficient kernel takes, and it refuses GQA).
+        if q.device.type == "cuda" and mask is None:
             with _sdpa_context(q.device):
                 out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True)
             return out.transpose(1, 2)

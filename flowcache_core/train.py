@@ -1,0 +1,245 @@
+"""Training the default model: MAGI-1's regime on the procedural world.
+
+Each training step draws one forward of the real inference plan (`schedule.plan_forwards`): the window
+chunks at their staggered noise levels (continuous t around the plan's grid points), and the clean chunks
+they may attend to, forwarded as MAGI-1 forwards clean chunks (t = clean_t, null caption, each seeing only
+itself). The loss is flow matching on the window chunks: x_t = t*x1 + (1-t)*x0, target v = x1 - x0.
+Captions are dropped (null caption, dropped adaLN token) 10% of the time, for CFG; with 10% probability the
+first frame of chunk 0 is clean (the i2v conditioning). Everything is seeded: same seed, same run
+(up to GPU nondeterminism).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowcache_core.config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
+from flowcache_core.model.codec import SpaceToDepthCodec
+from flowcache_core.model.dit import ChunkBatch, VideoDiT, build_model
+from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
+from flowcache_core.model.weights import save_weights
+from flowcache_core.pipeline import NULL_CAPTION_TOKENS
+from flowcache_core.schedule import plan_forwards
+from flowcache_core.world import sample_clip_batch
+
+CAPTION_DROPOUT = 0.1
+I2V_PROB = 0.1
+
+
+def default_model_config() -> MagiConfig:
+    """The shipped default model: MAGI-1 architecture, 6 layers of width 256, 64x64 px, lossless codec."""
+    text = WordTextEncoderConfig()
+    model = ModelConfig(num_layers=6, hidden_size=256, ffn_hidden_size=768, num_attention_heads=8, num_query_groups=2,
+                        kv_channels=32, in_channels=48, out_channels=48, patch_size=2, caption_channels=text.dim,
+                        caption_max_length=text.max_length, params_dtype="torch.float32", gated_linear_unit=False)
+    runtime = RuntimeConfig(cfg_number=1, noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1, clean_t=0.9999,
+                            seed=1234, num_frames=32, video_size_h=64, video_size_w=64, num_steps=32, window_size=4,
+                            fps=12, chunk_width=4, scale_factor=1.0, temporal_downsample_factor=1)
+    engine = EngineConfig(distributed_backend="gloo", distill=False, kv_offload=False)
+    codec = SpaceToDepthCodec(spatial=4, temporal=1, scale=1.0)
+    return MagiConfig(model, runtime, engine,
+                      extra={"flowcache": {"codec": codec.to_dict(), "text_encoder": "word",
+                                           "cache_defaults": {"rel_l1_thresh": 0.1, "warmup_steps": 2}}})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch: int = 32
+    lr: float = 3e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    seed: int = 0
+    workers: int = 8
+    log_every: int = 100
+    time_limit_s: float | None = None  # stop (and save) after this much wall time
+    num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
+
+
+class WorldStream(torch.utils.data.IterableDataset):
+    """Endless batches of world clips; worker w of k draws seeds seed*10^8 + w, + k, ... (deterministic)."""
+
+    def __init__(self, seed: int, batch: int, T: int, H: int, W: int, start: int = 0):
+        self.seed, self.batch, self.T, self.H, self.W, self.start = seed, batch, T, H, W, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, k = (info.id, info.num_workers) if info else (0, 1)
+        i = self.start + w
+        while True:
+            frames, captions = sample_clip_batch(self.seed * 10**8 + i * self.batch, self.batch, self.T, self.H, self.W)
+            yield torch.from_numpy(frames), captions
+            i += k
+
+
+def _grid(u: torch.Tensor) -> torch.Tensor:
+    t = u**2
+    return t / (3 - 2 * t)
+
+
+def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConfig, frames: torch.Tensor,
+                   captions: list[str], plan, gen: torch.Generator, num_steps: int):
+    """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan."""
+    rt = cfg.runtime
+    dev = next(model.parameters()).device
+    B = frames.shape[0]
+    cw = rt.chunk_width
+    x1 = (frames.to(dev).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)  # (B, 3, T, H, W)
+    x1 = SpaceToDepthCodec(4, 1).encode(x1)  # (B, C, T, h, w)
+    f = plan[int(torch.randint(len(plan), (1,), generator=gen))]
+    den = f.denoising
+    first = den[0].chunk_id
+    lo = min(r.kv_start for r in den)
+    clean_ids = list(range(lo, first))
+    ids = clean_ids + [r.chunk_id for r in den]
+    n = len(ids)
+    starts = clean_ids + [r.kv_start for r in den]  # clean chunks see only themselves
+    chunks = torch.stack([x1[:, :, c * cw:(c + 1) * cw] for c in ids], 1)  # (B, n, C, cw, h, w)
+    # Noise levels: clean rows at clean_t; window rows around their plan step, jittered per video.
+    u = torch.stack([(r.step + torch.rand(B, generator=gen)) / num_steps for r in den], 1).to(dev)  # (B, nd)
+    t_den = _grid(u)
+    t = torch.cat([torch.full((B, len(clean_ids)), rt.clean_t, device=dev), t_den], 1)  # (B, n)
+    x0 = torch.randn(chunks.shape, generator=gen).to(dev)
+    tt = t[:, :, None, None, None, None]
+    xt = torch.where(tt >= rt.clean_t, chunks, tt * chunks + (1 - tt) * x0)
+    if 0 in ids and ids.index(0) >= len(clean_ids):  # i2v: clean first frame pasted into a noisy chunk 0
+        j = ids.index(0)
+        paste = torch.rand(B, generator=gen).to(dev) < I2V_PROB
+        xt[paste, j, :, 0] = chunks[paste, j, :, 0]
+    target = chunks - x0
+    # Captions: window rows get the prompt (or, 10% of videos, the null caption + dropped token); clean rows null.
+    emb, mask = text_encoder.encode(captions)  # (B, Lc, Dc), (B, Lc)
+    null = model.y_embedder.null_caption_embedding[: emb.shape[1]].float()
+    null_mask = torch.zeros_like(mask[0])
+    null_mask[: min(NULL_CAPTION_TOKENS, null_mask.numel())] = 1
+    drop = (torch.rand(B, generator=gen) < CAPTION_DROPOUT).to(dev)
+    cond = torch.where(drop[:, None, None], null[None], emb)
+    cond_mask = torch.where(drop[:, None], null_mask[None], mask)
+    is_clean = torch.tensor([i < len(clean_ids) for i in range(n)], device=dev)
+    cap = torch.where(is_clean[None, :, None, None], null[None, None], cond[:, None])  # (B, n, Lc, Dc)
+    cap_mask = torch.where(is_clean[None, :, None], null_mask[None, None], cond_mask[:, None])  # (B, n, Lc)
+    dropped = drop[:, None] & ~is_clean[None]
+    batch = ChunkBatch(x=xt, t=t, chunk_ids=ids, kv_start=starts, caption=cap, caption_mask=cap_mask,
+                       caption_dropped=dropped, write_kv=[False] * n)
+    return batch, target, len(clean_ids)
+
+
+def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cuda", resume: bool = True,
+                  log: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume) the default model into `out_dir`; returns a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = default_model_config()
+    rt = cfg.runtime
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+    model = build_model(cfg.model, device=device, dtype=torch.float32, seed=tc.seed)
+    text = WordTextEncoder(WordTextEncoderConfig(seed=tc.seed)).to(device)
+    params = list(model.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    ema_text = copy.deepcopy(text).requires_grad_(False)
+    step = 0
+    ckpt = out / "train_state.pt"
+    if resume and ckpt.is_file():
+        st = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(st["model"]); text.load_state_dict(st["text"]); opt.load_state_dict(st["opt"])
+        ema.load_state_dict(st["ema"]); ema_text.load_state_dict(st["ema_text"]); step = int(st["step"])
+    gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
+    plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
+                                     noise2clean_kvrange=rt.noise2clean_kvrange,
+                                     clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
+    stream = WorldStream(tc.seed, tc.batch, rt.num_frames, rt.video_size_h, rt.video_size_w, start=step * 1)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers,
+                                         persistent_workers=tc.workers > 0, prefetch_factor=4 if tc.workers else None)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
+    t0 = time.perf_counter()
+    start_step = step
+    losses = []
+    history = []
+    model.train(); text.train()
+    for frames, captions in loader:
+        if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
+            break
+        if tc.time_limit_s and step == start_step + 50:  # fit the cosine schedule to the time budget
+            rate = 50 / (time.perf_counter() - t_rate)
+            tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.97))
+        if step == start_step:
+            t_rate = time.perf_counter()
+        lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / tc.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid)
+        with amp:
+            v = model(batch)
+        loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(tc.ema, (1 + step) / (10 + step))
+            for e, p in zip(list(ema.parameters()) + list(ema_text.parameters()), params):
+                e.lerp_(p, 1 - d)
+        losses.append(loss.item())
+        step += 1
+        if step % tc.log_every == 0:
+            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            losses = []
+            if log:
+                log(rec)
+    torch.save({"model": model.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
+                "ema_text": ema_text.state_dict(), "step": step}, ckpt)
+    export_default_model(ema, ema_text, cfg, out / "default_model")
+    with open(out / "loss_history.jsonl", "a") as fh:
+        for rec in history:
+            fh.write(json.dumps(rec) + "\n")
+    return {"steps": step, "seconds": time.perf_counter() - t0, "history": history}
+
+
+def export_default_model(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, out_dir: str | os.PathLike,
+                         dtype: torch.dtype = torch.bfloat16) -> None:
+    """Write a bundle directory (config.json, model.safetensors, text encoder) as `load_bundle` reads it."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg.to_json(d / "config.json")
+    sd = {k: (v.to(dtype) if v.is_floating_point() and v.dim() >= 2 else v.float()) for k, v in model.state_dict().items()}
+    save_weights(sd, d)
+    save_text_encoder(text.cpu().float(), str(d))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flowcache_core.train --out DIR [--time-limit S] [--steps N] [--seed S]` (what `make default-model` runs)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--batch", type=int, default=TrainConfig.batch)
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument("--workers", type=int, default=TrainConfig.workers)
+    ap.add_argument("--time-limit", type=float, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-resume", action="store_true")
+    a = ap.parse_args(argv)
+    tc = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit)
+    r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
+                      log=lambda rec: print(json.dumps(rec), flush=True))
+    print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,
+                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
