@@ -56,10 +56,10 @@ def default_model_config() -> MagiConfig:
 class TrainConfig:
     steps: int = 20000
     batch: int = 32
-    lr: float = 3e-4
+    lr: float = 4e-4
     warmup: int = 500
     weight_decay: float = 0.01
-    ema: float = 0.999
+    ema: float = 0.998
     seed: int = 0
     workers: int = 8
     log_every: int = 100

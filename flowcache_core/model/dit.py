@@ -240,7 +240,12 @@ class TransformerLayer(nn.Module):
         b = ctx.batch
         B, n, L, Hq, hd = q.shape
         kv = ctx.kv
-        if kv is None:  # everything in range is in this forward: one masked attention over all tokens
+        if kv is None:  # everything in range is in this forward
+            if ctx.row_spans is not None:  # each row's keys are one contiguous run of rows: no mask needed
+                out = torch.empty_like(q)
+                for j, (a, e) in enumerate(ctx.row_spans):
+                    out[:, j] = attend(q[:, j], k[:, a:e].flatten(1, 2), v[:, a:e].flatten(1, 2), backend=ctx.backend)
+                return out
             out = attend(q.reshape(B, n * L, Hq, hd), k.reshape(B, n * L, -1, hd), v.reshape(B, n * L, -1, hd),
                          mask=ctx.dense_mask, backend=ctx.backend)
             return out.view(B, n, L, Hq, hd)
@@ -280,6 +285,7 @@ class _LayerContext:
     caption_attn_mask: torch.Tensor  # (B*n, 1, 1, Lc) bool
     caption_any: torch.Tensor  # (B*n, 1, 1, 1): 0 for rows without a valid caption token
     dense_mask: torch.Tensor | None  # (n*L, n*L) bool block-causal mask when no store is used
+    row_spans: list[tuple[int, int]] | None  # per row, the rows [a, e) it attends to, when contiguous
     gates: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: gate_msa, gate_mlp (B, n, 1, D)
     backend: str
 
@@ -377,14 +383,20 @@ class VideoDiT(nn.Module):
         attn_mask = (mask | ~any_valid[:, None])[:, None, None, :]  # rows with no token attend anywhere, then zeroed
         caption_any = any_valid.to(dtype)[:, None, None, None]
 
-        dense_mask = None
+        dense_mask, row_spans = None, None
         if kv is None:
             ids = torch.tensor(batch.chunk_ids)
             starts = torch.tensor(batch.kv_start)
             shared = torch.tensor(batch.shared or [True] * n)
             rows = (ids[None, :] >= starts[:, None]) & (ids[None, :] <= ids[:, None]) & shared[None, :]
             rows |= torch.eye(n, dtype=torch.bool)
-            dense_mask = rows.repeat_interleave(L, 0).repeat_interleave(L, 1).to(xb.device)  # (n*L, n*L)
+            spans = []
+            for j in range(n):
+                sel = rows[j].nonzero().flatten().tolist()
+                spans.append((sel[0], sel[-1] + 1) if sel == list(range(sel[0], sel[-1] + 1)) else None)
+            row_spans = spans if all(sp is not None for sp in spans) else None
+            if row_spans is None:
+                dense_mask = rows.repeat_interleave(L, 0).repeat_interleave(L, 1).to(xb.device)  # (n*L, n*L)
 
         silu_cond = F.silu(cond)
         gates = []
@@ -393,7 +405,8 @@ class VideoDiT(nn.Module):
             gm, gf = g.chunk(2, dim=-1)
             gates.append((gm, gf))
 
-        ctx = _LayerContext(batch, kv, rope, caption_tokens, attn_mask, caption_any, dense_mask, gates, self.attn_backend)
+        ctx = _LayerContext(batch, kv, rope, caption_tokens, attn_mask, caption_any, dense_mask, row_spans, gates,
+                            self.attn_backend)
         for layer in self.videodit_blocks.layers:
             x = layer(x, ctx)
 
