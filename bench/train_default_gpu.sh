@@ -6,9 +6,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/train}; mkdir -p "$OUT/default_model"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-REPRO_STEPS=${REPRO_STEPS:-300}
+REPRO_STEPS=${REPRO_STEPS:-200}
 python3 -m flowcache_core.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume --seed 0 > "$OUT/repro_a.log"
 python3 -m flowcache_core.train --out /tmp/repB --steps "$REPRO_STEPS" --no-resume --seed 0 > "$OUT/repro_b.log"
 paste <(grep '"loss"' "$OUT/repro_a.log") <(grep '"loss"' "$OUT/repro_b.log") | head -3
-python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-400}" --seed 0 --no-resume | tee "$OUT/train.log"
+python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-400}" --batch "${BATCH:-32}" --seed 0 --no-resume | tee "$OUT/train.log"
 cp /tmp/main/default_model/* "$OUT/default_model/"

@@ -172,10 +172,10 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     for frames, captions in loader:
         if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
             break
-        if tc.time_limit_s and step == start_step + 50:  # fit the cosine schedule to the time budget
-            rate = 50 / (time.perf_counter() - t_rate)
-            tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.97))
-        if step == start_step:
+        if tc.time_limit_s and step == start_step + 150:  # fit the cosine schedule to the time budget
+            rate = 100 / (time.perf_counter() - t_rate)
+            tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.98))
+        if step == start_step + 50:  # after start-up (workers, allocator)
             t_rate = time.perf_counter()
         lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / tc.steps)))
         for g in opt.param_groups:
