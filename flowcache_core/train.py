@@ -89,10 +89,12 @@ def _grid(u: torch.Tensor) -> torch.Tensor:
 
 
 def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConfig, frames: torch.Tensor,
-                   captions: list[str], plan, gen: torch.Generator, num_steps: int):
+                   captions: list[str], plan, gen: torch.Generator, num_steps: int,
+                   dev_gen: torch.Generator | None = None):
     """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan."""
     rt = cfg.runtime
     dev = next(model.parameters()).device
+    dev_gen = dev_gen or gen
     B = frames.shape[0]
     cw = rt.chunk_width
     x1 = (frames.to(dev).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)  # (B, 3, T, H, W)
@@ -110,7 +112,7 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     u = torch.stack([(r.step + torch.rand(B, generator=gen)) / num_steps for r in den], 1).to(dev)  # (B, nd)
     t_den = _grid(u)
     t = torch.cat([torch.full((B, len(clean_ids)), rt.clean_t, device=dev), t_den], 1)  # (B, n)
-    x0 = torch.randn(chunks.shape, generator=gen).to(dev)
+    x0 = torch.randn(chunks.shape, generator=dev_gen, device=dev)  # drawn where it is used: 20M normals a step
     tt = t[:, :, None, None, None, None]
     xt = torch.where(tt >= rt.clean_t, chunks, tt * chunks + (1 - tt) * x0)
     if 0 in ids and ids.index(0) >= len(clean_ids):  # i2v: clean first frame pasted into a noisy chunk 0
@@ -157,6 +159,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
         model.load_state_dict(st["model"]); text.load_state_dict(st["text"]); opt.load_state_dict(st["opt"])
         ema.load_state_dict(st["ema"]); ema_text.load_state_dict(st["ema_text"]); step = int(st["step"])
     gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
+    dev_gen = torch.Generator(device=device).manual_seed(tc.seed * 104729 + step)
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange,
                                      clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
@@ -180,7 +183,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
         lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / tc.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid)
+        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen)
         with amp:
             v = model(batch)
         loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
