@@ -11,3 +11,28 @@ GOLDEN = Path(__file__).parent / "golden"
 @pytest.fixture
 def golden_dir() -> Path:
     return GOLDEN
+
+
+def make_tiny_bundle(path: Path, seed: int = 0) -> Path:
+    """A small random model in the bundle layout of the default model (same codec, text encoder, world size),
+    with 2 layers of width 64 and 8 steps, so end-to-end tests run in about a second."""
+    import dataclasses
+
+    from flowcache_core.model.dit import build_model
+    from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig
+    from flowcache_core.train import default_model_config, export_default_model
+
+    cfg = default_model_config()
+    cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
+                                    num_query_groups=2, kv_channels=8)
+    cfg.runtime = dataclasses.replace(cfg.runtime, num_steps=8, num_frames=16)
+    model = build_model(cfg.model, dtype=torch.float32, seed=seed)
+    with torch.no_grad():  # the training init zeroes the output layer; a random model should move the latents
+        model.final_linear.linear.weight.normal_(0, 0.05)
+    export_default_model(model, WordTextEncoder(WordTextEncoderConfig(seed=seed)), cfg, path, dtype=torch.float32)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
