@@ -19,6 +19,7 @@ from flowcache_core.cache.policy import CacheConfig, make_policy
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.codec import from_pixels, to_pixels
 from flowcache_core.pipeline import RunRecord, Sampler, TextCondition
+from flowcache_core.schedule import chunk_layout
 
 MODES = ("t2v", "i2v", "v2v")
 
@@ -92,8 +93,10 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
 
     # Seeded noise for the generated part, drawn on the CPU so every device gets the same video.
     C, Tl, h, w = b.codec.latent_shape(rt.num_frames, H, W)
+    P = 0 if prefix is None else prefix.shape[1]
+    chunk_num, _ = chunk_layout(Tl, P, rt.chunk_width)
     gen = torch.Generator().manual_seed(rt.seed)
-    noise = torch.randn(C, Tl, h, w, generator=gen).to(dev)
+    noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)  # every frame after the prefix
 
     events: list = []
 

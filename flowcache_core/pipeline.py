@@ -125,8 +125,7 @@ class Sampler:
         self.device = noise.device
         cw = rt.chunk_width
         P = 0 if prefix is None else prefix.shape[1]
-        gen_frames = noise.shape[1]
-        self.chunk_num, self.offset = chunk_layout(gen_frames, P, cw)
+        self.chunk_num, self.offset = chunk_layout(noise.shape[1], P, cw)  # noise: every latent frame after the prefix
         self.partial = P % cw  # prefix frames pasted into chunk `offset` before every forward
         C, _, h, w = noise.shape
         # Latent state of the whole video: prefix frames, then noise. (C, chunk_num*cw, h, w)
