@@ -284,6 +284,7 @@ class Sampler:
         return self.rt.chunk_width * (h // p) * (w // p)
 
     def _emit(self, c: int) -> tuple[int, torch.Tensor]:
+        self._paste_prefix()  # the last Euler step moved the pasted frames too; the output keeps the given ones
         lat = self.chunk(c).clone()
         if c == self.offset and self.offset > 0 and self.partial:
             lat = lat[:, self.partial :]  # a v2v prefix's pasted frames are not output again
