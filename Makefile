@@ -1,0 +1,27 @@
+# flowcache — the commands README.md refers to.
+PY ?= python3
+
+.PHONY: install install-gpu test lint default-model lpips-weights bench-gpu-forward
+
+install:            ## CPU machine: the local CPU torch first (a plain `torch` would pull a multi-GB CUDA build)
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+
+install-gpu:        ## GPU image (torch present, no registry): install the package against what is there
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests
+	$(PY) -m ruff check flowcache_core flowcache_cli bench tests 2>/dev/null || echo "ruff not installed: compileall only"
+
+default-model:      ## on a GPU: train the default model (seed 0), export to out/train/default_model
+	$(PY) -m flowcache_core.train --out out/train --time-limit 400 --seed 0
+
+lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
+	sh scripts/fetch_lpips_weights.sh
+
+bench-gpu-forward:  ## on a GPU: MAGI-1 4.5B forward at 720x720, TFLOP/s and MFU
+	$(PY) bench/gpu_forward.py --out bench/results/gpu_forward.json
