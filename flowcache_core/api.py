@@ -15,6 +15,7 @@ import torch
 
 from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.kv import KVStore
+from flowcache_core.cache.kv_compressor import KVCompressor
 from flowcache_core.cache.policy import CacheConfig, make_policy
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.codec import from_pixels, to_pixels
@@ -31,6 +32,15 @@ class GenerationResult:
     record: RunRecord
     latents: torch.Tensor  # (C, T', h, w) the emitted clean latents
     events: list = field(default_factory=list)
+
+
+def make_store(model_cfg, cache: CacheConfig, tokens_per_chunk: int, tokens_per_frame: int) -> KVStore:
+    """The KV store a run uses: unbounded, or B_total chunk-equivalents per layer with the KV compressor."""
+    if not cache.compress:
+        return KVStore(model_cfg.num_layers)
+    comp = KVCompressor(cache.compress_strategy, cache.query_granularity, cache.mix_lambda)
+    return KVStore(model_cfg.num_layers, budget_tokens=cache.total_cache_chunk_nums * tokens_per_chunk, compressor=comp,
+                   tokens_per_chunk=tokens_per_chunk, tokens_per_frame=tokens_per_frame)
 
 
 def _check_int(name: str, v, lo: int = 1) -> None:
@@ -62,8 +72,6 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
     rt = cfg.runtime
     cache = cache or CacheConfig(policy="none")
     cache.validate_for(rt.window_size)
-    if cache.compress:
-        raise FlowcacheError("--total-cache-chunk-nums (KV compression) is not wired into the sampler yet; leave it unset")
     dev = b.device
 
     # Text.
@@ -93,6 +101,7 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
 
     # Seeded noise for the generated part, drawn on the CPU so every device gets the same video.
     C, Tl, h, w = b.codec.latent_shape(rt.num_frames, H, W)
+    p = b.config.model.patch_size
     P = 0 if prefix is None else prefix.shape[1]
     chunk_num, _ = chunk_layout(Tl, P, rt.chunk_width)
     gen = torch.Generator().manual_seed(rt.seed)
@@ -106,7 +115,8 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
             on_event(e)
 
     sampler = Sampler(b.model, cfg, text, noise, prefix=prefix, policy=make_policy(cache), on_event=emit,
-                      store=KVStore(b.model.cfg.num_layers))
+                      store=make_store(b.model.cfg, cache, tokens_per_chunk=rt.chunk_width * (h // p) * (w // p),
+                                       tokens_per_frame=(h // p) * (w // p)))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     latents, frames = [], []

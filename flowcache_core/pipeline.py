@@ -74,6 +74,8 @@ class RunRecord:
     tokens_forwarded: int = 0
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    compressions: int = 0
+    kv_tokens: list[int] = field(default_factory=list)  # "cond" tokens per layer after each forward
 
     @property
     def chunk_forwards(self) -> int:
@@ -147,6 +149,11 @@ class Sampler:
         self.null = _null_caption(model)
         if int(text.mask.sum()) == 0:  # empty prompt: MAGI-1 uses the null caption for the conditional pass too
             self.cond = self.null
+        self.final_clean: set[int] = set()  # chunks whose clean K/V is written and final
+        self.last_queries: dict[int, torch.Tensor] = {}  # per layer, the newest computed chunk's queries
+        self._last_access: KVAccess | None = None
+        kvr = rt.noise2clean_kvrange
+        self.max_kv_range = max(kvr) if kvr else None
         self.record = RunRecord()
         self.n_denoising_forwards = sum(not f.prefill for f in self.plan)
         self.emitted = 0
@@ -200,17 +207,24 @@ class Sampler:
             v = v[:-1]
         return v
 
+    def _writer_access(self, rows: list[Row]) -> KVAccess:
+        """The pass that writes the store; with a KV budget it also keeps the newest computed chunk's queries."""
+        den = [r.chunk_id for r in rows if not r.clean]
+        newest = max(den) if (den and self.store.budget_tokens is not None) else None
+        acc = KVAccess(self.store, ("cond",), "cond", capture_queries_of=newest)
+        self._last_access = acc
+        return acc
+
     def _velocity(self, rows: list[Row], f: Forward, near_dup: bool) -> torch.Tensor:
         """Velocities of `rows` (clean rows included, their outputs unused): one pass or MAGI-1's 3-pass CFG."""
         t = [self.rt.clean_t if r.clean else float(self.ts[r.step]) for r in rows]
         if self.rt.cfg_number == 1:
-            return self._pass(rows, t, f, "cond", False, KVAccess(self.store, ("cond",), "cond"),
-                              [True] * len(rows), near_dup)
+            return self._pass(rows, t, f, "cond", False, self._writer_access(rows), [True] * len(rows), near_dup)
         # cfg_number 3: text pass (own window slots, reads clean chunks from "cond"), null-caption pass (writes
         # the store), unconditional pass (no context, chunk-local RoPE positions).
         v_text = self._pass(rows, t, f, "cond", False, KVAccess(self.store, ("text", "cond"), "text"),
                             [not r.clean for r in rows], False)
-        v_pre = self._pass(rows, t, f, "null", True, KVAccess(self.store, ("cond",), "cond"), [True] * len(rows), False)
+        v_pre = self._pass(rows, t, f, "null", True, self._writer_access(rows), [True] * len(rows), False)
         den = [i for i, r in enumerate(rows) if not r.clean]
         if not den:  # only a clean chunk's K/V was needed this forward
             return v_pre
@@ -240,6 +254,7 @@ class Sampler:
                 t = [self.rt.clean_t] * len(rows)
                 dropped = self.rt.cfg_number == 3
                 self._pass(rows, t, f, "null", dropped, KVAccess(self.store, ("cond",), "cond"), [True] * len(rows), False)
+                self.final_clean.update(r.chunk_id for r in rows)
                 continue
             den = f.denoising
             steps = []
@@ -251,10 +266,20 @@ class Sampler:
             compute = {d.chunk_id for d in decisions if d.compute}
             rows = [r for r in f.rows if r.clean or r.chunk_id in compute]
             near_dup = f.nearly_clean and den[0].chunk_id in compute
+            entering = [r for r in den if r.step == 0]
+            if entering and self.max_kv_range is not None:  # chunks no later kv range reaches are dropped
+                self.store.evict_before(min(r.chunk_id for r in entering) - self.max_kv_range + 1)
+            if entering and self.store.budget_tokens is not None:
+                if self.store.make_room(len(entering) * self._tokens_per_chunk(), sorted(self.final_clean),
+                                        self.last_queries):
+                    self.record.compressions += 1
             velocities: dict[int, torch.Tensor] = {}
             if rows:
                 v = self._velocity(rows, f, near_dup)
                 velocities = {r.chunk_id: v[i] for i, r in enumerate(rows) if not r.clean}
+                if self._last_access is not None and self._last_access.captured_queries:
+                    self.last_queries = dict(self._last_access.captured_queries)
+            self.final_clean.update(r.chunk_id for r in rows if r.clean)
             deltas = {}
             for s, d in zip(steps, decisions):
                 delta = velocities[s.chunk_id] * s.dt if d.compute else self.policy.reused_delta(s)
@@ -266,11 +291,12 @@ class Sampler:
             tokens = sum(self._tokens_per_chunk() for _ in rows) * (1 if self.rt.cfg_number == 1 else 3)
             self.record.forwards += 1
             self.record.tokens_forwarded += tokens
+            self.record.kv_tokens.append(self.store.tokens("cond"))
             self.on_event(ForwardEvent(
                 forward=f.index,
                 chunks=[ChunkRecord(s.chunk_id, s.step, s.t, "compute" if d.compute else "reuse", d.reason,
                                     d.rel_l1, d.acc) for s, d in zip(steps, decisions)],
-                tokens_forwarded=tokens, kv_used=self.store.tokens("cond"), kv_budget=None,
+                tokens_forwarded=tokens, kv_used=self.store.tokens("cond"), kv_budget=self.store.budget_tokens,
                 seconds=time.perf_counter() - tf, total_forwards=self.n_denoising_forwards))
             for c in f.emits:
                 self.policy.drop(c)

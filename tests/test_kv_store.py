@@ -1,0 +1,62 @@
+"""The KV store with a budget: compression when a new chunk needs room, never over budget, flat memory."""
+import pytest
+import torch
+
+from flowcache_core.api import generate
+from flowcache_core.bundle import load_bundle
+from flowcache_core.cache.kv import BudgetExceeded, KVStore
+from flowcache_core.cache.kv_compressor import KVCompressor
+from flowcache_core.cache.policy import CacheConfig
+
+
+@pytest.fixture(scope="module")
+def unlimited_range_bundle(tiny_bundle_dir):
+    b = load_bundle(tiny_bundle_dir)
+    b.config = b.config.replace(noise2clean_kvrange=[])  # every chunk may attend to all earlier ones (as published)
+    return b
+
+
+@pytest.mark.parametrize("strategy", ["token", "frame", "chunk"])
+def test_forty_chunks_stay_inside_budget_and_flat(unlimited_range_bundle, strategy):
+    b = unlimited_range_bundle
+    tpc = b.config.runtime.chunk_width * 8 * 8
+    r = generate("a red square moves left", bundle=b, num_frames=160,  # 40 chunks of 4 frames
+                 cache=CacheConfig("none", total_cache_chunk_nums=6, compress_strategy=strategy))
+    kv = r.record.kv_tokens
+    assert r.record.compressions >= 30
+    assert max(kv) <= 6 * tpc  # the store raises BudgetExceeded before this could fail
+    full = kv.index(6 * tpc)
+    assert set(kv[full:]) == {6 * tpc}  # flat once the budget is reached
+
+
+def test_without_budget_every_chunk_stays(unlimited_range_bundle):
+    b = unlimited_range_bundle
+    tpc = b.config.runtime.chunk_width * 8 * 8
+    free = generate("a red square moves left", bundle=b, num_frames=160, cache=CacheConfig("none"))
+    assert max(free.record.kv_tokens) == 40 * tpc and free.record.compressions == 0
+
+
+def test_store_refuses_to_exceed_budget():
+    s = KVStore(1, budget_tokens=8, compressor=KVCompressor(), tokens_per_chunk=4, tokens_per_frame=2)
+    s.write(0, "cond", 0, torch.randn(4, 2, 8), torch.randn(4, 2, 8))
+    s.write(0, "cond", 1, torch.randn(4, 2, 8), torch.randn(4, 2, 8))
+    with pytest.raises(BudgetExceeded):
+        s.write(0, "cond", 2, torch.randn(4, 2, 8), torch.randn(4, 2, 8))
+    assert s.tokens("cond") == 8
+
+
+def test_compressed_block_keeps_positions_and_origins():
+    torch.manual_seed(0)
+    s = KVStore(1, budget_tokens=12, compressor=KVCompressor("token", "chunk", 0.07), tokens_per_chunk=4, tokens_per_frame=2)
+    for c in range(3):
+        s.write(0, "cond", c, torch.randn(4, 2, 8), torch.randn(4, 2, 8))
+    q = torch.randn(4, 4, 8)
+    assert s.make_room(4, final_clean=[0, 1], queries={0: q})  # chunk 2 stays: it is not final
+    block = s._compressed[0]
+    assert block.keys.shape == (4, 2, 8)  # 12 - 4 (chunk 2) - 4 (incoming) = 4 kept of 8
+    assert (block.positions.diff(dim=0) > 0).all()  # position order per head
+    assert set(block.origin_chunk.unique().tolist()) <= {0, 1}
+    assert (block.positions // 4 == block.origin_chunk).all()
+    assert s.tokens("cond") == 8 and sorted(s.compressed_chunks) == [0, 1]
+    k, _ = s.read(0, ("cond",), [1, 2])
+    assert sum(x.shape[0] for x in k) == 8  # the compressed block once, then chunk 2
