@@ -172,7 +172,10 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     losses = []
     history = []
     model.train(); text.train()
+    t_wait = time.perf_counter()
+    data_wait = 0.0
     for frames, captions in loader:
+        data_wait += time.perf_counter() - t_wait
         if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
             break
         if tc.time_limit_s and step == start_step + 150:  # fit the cosine schedule to the time budget
@@ -197,8 +200,10 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
                 e.lerp_(p, 1 - d)
         losses.append(loss.item())
         step += 1
+        t_wait = time.perf_counter()
         if step % tc.log_every == 0:
-            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "seconds": time.perf_counter() - t0}
+            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "seconds": time.perf_counter() - t0,
+                   "data_wait_s": round(data_wait, 2)}
             history.append(rec)
             losses = []
             if log:
@@ -223,6 +228,56 @@ def export_default_model(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig
     save_text_encoder(text.cpu().float(), str(d))
 
 
+def profile_steps(batch: int, device: str, workers: int) -> None:
+    """Where a training step's time goes (GPU kernels vs host), to tune `train_default`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = default_model_config()
+    rt = cfg.runtime
+    model = build_model(cfg.model, device=device, dtype=torch.float32, seed=0)
+    text = WordTextEncoder(WordTextEncoderConfig()).to(device)
+    params = list(model.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    dev_gen = torch.Generator(device=device).manual_seed(0)
+    plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
+                                     noise2clean_kvrange=rt.noise2clean_kvrange, clean_chunk_kvrange=1) if not f.prefill]
+    frames, captions = next(iter(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w)))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+    def one():
+        b, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, 32, dev_gen)
+        with amp:
+            v = model(b)
+        loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(20):
+        one()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(10):
+            one()
+    print(f"step_s {(time.perf_counter() - t) / 10:.4f} (batch {batch}, profiled)")
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    t = time.perf_counter()
+    for _ in range(10):
+        one()
+    print(f"step_s {(time.perf_counter() - t) / 10:.4f} (batch {batch}, unprofiled)")
+    t = time.perf_counter()
+    it = iter(torch.utils.data.DataLoader(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w),
+                                          batch_size=None, num_workers=workers))
+    for _ in range(20):
+        next(it)
+    print(f"loader_s_per_batch {(time.perf_counter() - t) / 20:.4f} ({workers} workers, incl. start-up)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m flowcache_core.train --out DIR [--time-limit S] [--steps N] [--seed S]` (what `make default-model` runs)."""
     import argparse
@@ -236,7 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-limit", type=float, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
     a = ap.parse_args(argv)
+    if a.profile:
+        profile_steps(a.batch, a.device, a.workers)
+        return
     tc = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit)
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))

@@ -1,0 +1,275 @@
+"""`flowcache generate`: one video from a prompt (t2v), an image (i2v) or a prefix video (v2v).
+
+Order of work: every cheap check first (choices, numbers, output folder, input files, config), so that a
+typo fails in milliseconds with one line; then the model is loaded, the video sampled with live progress,
+written atomically (temp file + rename), and a summary printed. The logic lives in `flowcache_core`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from typer.core import TyperCommand
+
+from flowcache_cli._common import console, err_console, fail, user_errors
+from flowcache_core.api import MODES, generate
+from flowcache_core.bundle import default_model_dir, load_bundle
+from flowcache_core.cache.policy import (
+    COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig,
+)  # fmt: skip
+from flowcache_core.config import MagiConfig, RuntimeConfig
+from flowcache_core.errors import FlowcacheError
+from flowcache_core.model.attention import ATTN_BACKENDS, check_backend
+from flowcache_core.pipeline import ForwardEvent
+from flowcache_core.progress import ProgressView, summary_table
+from flowcache_core.video import check_output_path, read_image, read_video, write_video
+
+try:  # Typer >= 0.20 vendors click; older releases use click itself
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _TyperUsageError
+from click.exceptions import UsageError as _ClickUsageError
+
+FALLBACK_CACHE_DEFAULTS = {"rel_l1_thresh": 0.015, "warmup_steps": 5}
+
+
+class OneLineUsageErrors(TyperCommand):
+    """Typer's own usage errors (a missing option, a value that is not a number) as one line + exit 2,
+    instead of a multi-line box, like every other error of the command."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except (_TyperUsageError, _ClickUsageError) as e:
+            raise fail(f"{e.format_message()} (see flowcache {ctx.info_name} --help)") from None
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise FlowcacheError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def load_run_config(checkpoint_dir: Path | None, config_file: Path | None) -> MagiConfig:
+    """The bundle's config.json, with `runtime_config` of `config_file` (MAGI-1 schema) laid over it.
+
+    Only the keys present in the file's runtime_config change; its model_config and engine_config are not
+    used (the weights fix the model). Unknown runtime keys are an error, not silently dropped.
+    """
+    d = checkpoint_dir if checkpoint_dir is not None else default_model_dir()
+    if not d.is_dir():
+        raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
+    if not (d / "config.json").is_file():
+        raise FlowcacheError(f"checkpoint directory {str(d)!r} has no config.json (MAGI-1 schema)")
+    cfg = MagiConfig.from_json(d / "config.json")
+    if config_file is None:
+        return cfg
+    if not config_file.is_file():
+        raise FlowcacheError(f"config file {str(config_file)!r} does not exist")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowcacheError(f"config file {str(config_file)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
+    runtime = data.get("runtime_config") if isinstance(data, dict) else None
+    if not isinstance(runtime, dict):
+        raise FlowcacheError(f"config file {str(config_file)!r} has no runtime_config object (MAGI-1 schema)")
+    known = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    unknown = sorted(set(runtime) - known)
+    if unknown:
+        raise FlowcacheError(f"config file {str(config_file)!r}: runtime_config key {unknown[0]!r} unknown "
+                             f"(allowed: {', '.join(sorted(known))})")
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, **runtime))
+
+
+def cache_config(policy: str, given: dict, config: MagiConfig) -> CacheConfig:
+    """CacheConfig from the flags the user gave, else the bundle's `flowcache.cache_defaults`, else 0.015 / 5.
+    Error lines name the CLI flag (`--rel-l1-thresh -1 ...`), not the Python field."""
+    _choice("--cache", policy, POLICY_NAMES)
+    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
+    bundle_defaults = ((config.extra.get("flowcache") or {}).get("cache_defaults") or {})
+    kwargs = {**FALLBACK_CACHE_DEFAULTS, **{k: v for k, v in bundle_defaults.items() if k in fields}}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    try:
+        cache = CacheConfig(policy=policy, **kwargs)
+        cache.validate_for(config.runtime.window_size)
+    except FlowcacheError as e:
+        msg = str(e)
+        for name in fields:
+            if msg.startswith(f"{name}="):
+                msg = f"--{name.replace('_', '-')} " + msg[len(name) + 1:]
+        raise FlowcacheError(msg) from None
+    return cache
+
+
+def check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise FlowcacheError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlowcacheError(f"--device {device!r} asked for but CUDA is not available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise FlowcacheError(f"--device {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
+    return device
+
+
+# ------------------------------------------------------------------------------------------ JSON log
+class JsonLog:
+    """`--json-log`: one JSON object per forward, written as the run goes into a hidden temp file beside
+    the destination (flushed per line), renamed over it only when the video is written. A failed or
+    interrupted run leaves no log (and no half-written one)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self._tmp, self._f = path, None, None
+
+    def __enter__(self) -> "JsonLog":
+        if self.path is not None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            self._tmp, self._f = Path(tmp), os.fdopen(fd, "w", encoding="utf-8")
+        return self
+
+    def __call__(self, event: object) -> None:
+        if self._f is not None and isinstance(event, ForwardEvent):
+            self._f.write(json.dumps(event.to_json()) + "\n")
+            self._f.flush()
+
+    def commit(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            self._f.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ the command
+@user_errors
+def generate_cmd(
+    output_path: Path = typer.Option(..., "--output-path", help="The mp4 to write (its folder must exist)."),
+    mode: str = typer.Option("t2v", "--mode", help=f"One of {', '.join(MODES)}: text-, image-, video-to-video."),
+    prompt: str = typer.Option("", "--prompt", help="What to generate (required for t2v)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="i2v: the first frame (png/jpg, the model's size)."),
+    prefix_video: Optional[Path] = typer.Option(None, "--prefix-video", help="v2v: the video to continue (>= one chunk)."),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config-file",
+        help="A MAGI-1 JSON config; only its runtime_config is used, laid over the checkpoint's (the weights fix the model).",
+    ),  # fmt: skip
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle; default: the shipped model."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Noise seed (default: the config's)."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, help="Denoising steps per chunk."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames to generate (v2v: after the prefix)."),
+    height: Optional[int] = typer.Option(None, "--height", min=1, help="Pixels."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="Pixels."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    attn_backend: str = typer.Option("sdpa", "--attn-backend", help=f"One of {', '.join(ATTN_BACKENDS)}."),
+    cfg_number: Optional[int] = typer.Option(None, "--cfg-number", help="1 (distill, one pass) or 3 (MAGI-1 CFG)."),
+    cache: str = typer.Option("none", "--cache", help=f"Cache policy, one of {', '.join(POLICY_NAMES)}."),
+    rel_l1_thresh: Optional[float] = typer.Option(
+        None, "--rel-l1-thresh", help="Reuse while the accumulated relative L1 stays below this (default: the model's).",
+    ),  # fmt: skip
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Steps always computed (default: the model's)."),
+    reuse: Optional[str] = typer.Option(None, "--reuse", help=f"Reused update, one of {', '.join(REUSE_MODES)}."),
+    total_cache_chunk_nums: Optional[int] = typer.Option(
+        None, "--total-cache-chunk-nums", help="KV budget B_total in chunks per layer (> window size); off if unset.",
+    ),  # fmt: skip
+    compress_strategy: Optional[str] = typer.Option(
+        None, "--compress-strategy", help=f"KV selection unit, one of {', '.join(COMPRESS_STRATEGIES)}."),
+    query_granularity: Optional[str] = typer.Option(
+        None, "--query-granularity", help=f"Importance queries, one of {', '.join(QUERY_GRANULARITIES)}."),
+    mix_lambda: Optional[float] = typer.Option(None, "--mix-lambda", help="λ: importance vs redundancy, in [0, 1] (0.07)."),
+    json_log: Optional[Path] = typer.Option(None, "--json-log", help="Write one JSON object per forward to this file."),
+    lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (RGB, qp 0): for exact comparisons."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary; print only the output path."),
+) -> None:
+    """Generate a video (t2v, i2v or v2v) with an optional cache policy, and print what the cache did."""
+    t0 = time.perf_counter()
+    # 1. Cheap checks, before the model is loaded.
+    _choice("--mode", mode, MODES)
+    for flag, value, allowed in (("--reuse", reuse, REUSE_MODES), ("--compress-strategy", compress_strategy, COMPRESS_STRATEGIES),
+                                 ("--query-granularity", query_granularity, QUERY_GRANULARITIES)):  # fmt: skip
+        if value is not None:
+            _choice(flag, value, allowed)
+    _choice("--cache", cache, POLICY_NAMES)
+    if output_path.suffix.lower() != ".mp4":
+        raise FlowcacheError(f"--output-path {str(output_path)!r} must end in .mp4")
+    check_output_path(output_path)
+    if json_log is not None:
+        check_output_path(json_log)
+        if json_log.resolve() == output_path.resolve():
+            raise FlowcacheError(f"--json-log {str(json_log)!r} is the same file as --output-path")
+    if mode == "t2v" and not prompt.strip():
+        raise FlowcacheError("--prompt is empty; t2v needs a prompt (i2v/v2v may run without one)")
+    if mode != "i2v" and image is not None:
+        raise FlowcacheError(f"--image is only used with --mode i2v (mode is {mode})")
+    if mode != "v2v" and prefix_video is not None:
+        raise FlowcacheError(f"--prefix-video is only used with --mode v2v (mode is {mode})")
+    if mode == "i2v" and image is None:
+        raise FlowcacheError("--mode i2v needs --image")
+    if mode == "v2v" and prefix_video is None:
+        raise FlowcacheError("--mode v2v needs --prefix-video")
+    check_device(device)
+    check_backend(attn_backend)
+    config = load_run_config(checkpoint_dir, config_file)
+    config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
+                            cfg_number=cfg_number, seed=seed).validate()
+    given = dict(rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
+                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
+                 query_granularity=query_granularity, mix_lambda=mix_lambda)
+    cache_cfg = cache_config(cache, given, config)
+    rt = config.runtime
+    image_px = read_image(image) if image is not None else None
+    if image_px is not None and image_px.shape[:2] != (rt.video_size_h, rt.video_size_w):
+        raise FlowcacheError(f"--image {str(image)!r} is {image_px.shape[1]}x{image_px.shape[0]}, "
+                             f"the model generates {rt.video_size_w}x{rt.video_size_h} (resize it or pass --width/--height)")
+    # read_video's frames view ffmpeg's bytes (read-only); torch warns on those, so take a writable copy.
+    prefix_px = read_video(prefix_video)[0].copy() if prefix_video is not None else None
+    if prefix_px is not None:
+        if prefix_px.shape[1:3] != (rt.video_size_h, rt.video_size_w):
+            raise FlowcacheError(f"--prefix-video {str(prefix_video)!r} is {prefix_px.shape[2]}x{prefix_px.shape[1]}, "
+                                 f"the model generates {rt.video_size_w}x{rt.video_size_h}")
+        temporal = int(((config.extra.get("flowcache") or {}).get("codec") or {}).get("temporal", 1))
+        if prefix_px.shape[0] < rt.chunk_width * temporal:
+            raise FlowcacheError(f"--prefix-video {str(prefix_video)!r} has {prefix_px.shape[0]} frames, v2v needs at "
+                                 f"least one chunk ({rt.chunk_width * temporal} frames)")
+
+    # 2. Load the model (a missing, corrupt or mismatched checkpoint fails here, in one line).
+    bundle = load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend)
+    bundle.config = config  # the bundle's own, with --config-file's runtime_config and the flags laid over it
+
+    # 3. Sample with live progress, write the video (atomic), then the JSON log (atomic).
+    with ProgressView(err_console, enabled=not quiet) as view, JsonLog(json_log) as log:
+        def on_event(event: object) -> None:
+            view(event)
+            log(event)
+
+        result = generate(prompt, mode=mode, image=image_px, prefix_video=prefix_px, cache=cache_cfg, bundle=bundle,
+                          device=device, attn_backend=attn_backend, on_event=on_event)
+        write_video(output_path, result.frames, result.fps, lossless=lossless)
+        log.commit()
+
+    if quiet:
+        console.print(str(output_path), markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(summary_table(result.record, cache_cfg, wall_seconds=time.perf_counter() - t0))
+    T, H, W, _ = result.frames.shape
+    extra = f"; JSON log {json_log}" if json_log is not None else ""
+    console.print(f"wrote {output_path} ({T} frames, {W}x{H}, {result.fps} fps{', lossless' if lossless else ''}){extra}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate", cls=OneLineUsageErrors)(generate_cmd)

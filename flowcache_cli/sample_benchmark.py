@@ -1,0 +1,199 @@
+"""`flowcache sample-benchmark {vbench,physicsiq}`: sample a benchmark's videos, resumable and sharded.
+
+The work (prompt lists, PhysicsIQ reader, seeds, sharding, the sampling loop, manifests) lives in
+`flowcache_core.benchmarks`; this module turns flags into calls and draws the progress bar.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from flowcache_cli._common import console, err_console, user_errors
+from flowcache_core import benchmarks as bm
+from flowcache_core.cache.policy import COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig
+from flowcache_core.errors import FlowcacheError
+
+bench_app = typer.Typer(
+    help="Sample a benchmark's videos (VBench prompts, PhysicsIQ scenarios): resumable, sharded "
+         "(--shard i/n or torchrun), one manifest.json per output dir.",
+    no_args_is_help=True,
+)  # fmt: skip
+
+# ----------------------------------------------------------------------------------------------- shared flags
+# Typer has no option groups: the flags both commands take are defined once here and reused.
+OUTPUT_DIR = typer.Option(..., "--output-dir", help="Folder for the videos and manifest.json (created if missing).")
+CACHE = typer.Option("none", "--cache", help=f"Cache policy: {', '.join(POLICY_NAMES)} (none = uncached reference).")
+REL_L1 = typer.Option(None, "--rel-l1-thresh", help="Accumulated relative-L1 reuse threshold (default: the model's).")
+WARMUP = typer.Option(None, "--warmup-steps", help="Steps always computed (default: the model's).")
+REUSE = typer.Option(None, "--reuse", help=f"Reused update: {', '.join(REUSE_MODES)}.")
+B_TOTAL = typer.Option(None, "--total-cache-chunk-nums", help="KV cache budget B_total in chunks (off when not given).")
+STRATEGY = typer.Option(None, "--compress-strategy", help=f"Unit of KV selection: {', '.join(COMPRESS_STRATEGIES)}.")
+QUERY = typer.Option(None, "--query-granularity", help=f"Importance queries: {', '.join(QUERY_GRANULARITIES)}.")
+LAMBDA = typer.Option(None, "--mix-lambda", help="Weight of importance against redundancy, in [0, 1] (0.07).")
+CHECKPOINT = typer.Option(None, "--checkpoint-dir", help="Model bundle folder (default: the shipped default model).")
+STEPS = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's).")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK).")
+SEED = typer.Option(0, "--seed", help=f"Base seed: video i of prompt p uses seed + {bm.SEED_STRIDE}*p + i.")
+SHARD = typer.Option(None, "--shard", help="Take work items k with k % n == i ('i/n'). Under torchrun: RANK/WORLD_SIZE.")
+LIMIT = typer.Option(None, "--limit", help="Only the first N work items (before sharding): for tests and quick looks.")
+LOSSLESS = typer.Option(False, "--lossless", help="Bit-exact H.264 RGB videos (for pairwise evaluation).")
+QUIET = typer.Option(False, "--quiet", help="No progress bar (the one-line summary stays).")
+
+
+def _cache_config(bundle, policy: str, **given) -> CacheConfig:
+    """Flags the user gave, else the model's `flowcache.cache_defaults`, else CacheConfig's defaults (as
+    `generate` does; errors name the flag). bundle=None: check the flags alone, before the model loads."""
+    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
+    defaults = ((bundle.config.extra.get("flowcache") or {}).get("cache_defaults") or {}) if bundle else {}
+    kwargs = {k: v for k, v in defaults.items() if k in fields}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    try:
+        cache = CacheConfig(policy=policy, **kwargs)
+        if bundle is not None:
+            cache.validate_for(bundle.config.runtime.window_size)
+    except FlowcacheError as e:
+        msg = str(e)
+        for name in ("policy", *fields):
+            if msg.startswith(f"{name}="):
+                flag = "--cache" if name == "policy" else f"--{name.replace('_', '-')}"
+                msg = f"{flag} " + msg[len(name) + 1:]
+        raise FlowcacheError(msg) from None
+    return cache
+
+
+def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, checkpoint_dir, device: str,
+            cache_flags: dict, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
+    """Shared tail of both commands: bundle once, this process's items, progress, barrier, merged manifest.
+
+    build_items(bundle) -> (all items, keep_frames or None, note or None); num_frames_for(bundle) -> int|None.
+    """
+    from flowcache_core.bundle import load_bundle
+
+    out = bm.prepare_output_dir(output_dir)
+    device = bm.init_distributed(shard, device)
+    try:
+        bundle = load_bundle(checkpoint_dir, device=device)
+        items, keep_frames, note = build_items(bundle)
+        mine = shard.take(items)
+        bm.check_inputs(mine)
+        cache = _cache_config(bundle, **cache_flags)
+        settings = bm.SamplingSettings(cache, num_steps, num_frames_for(bundle), device, lossless, keep_frames)
+        rank_label = f"shard {shard.index}/{shard.count}" if shard.count > 1 else "all"
+        show = not quiet and shard.index == 0 if shard.distributed else not quiet
+        if note and show:
+            console.print(note, highlight=False, soft_wrap=True)
+        columns = (TextColumn(f"{benchmark} {rank_label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[last]}"))  # fmt: skip
+        with Progress(*columns, console=err_console, disable=not show, transient=True) as progress:
+            task = progress.add_task("videos", total=len(mine), last="")
+
+            def on_progress(e: bm.ItemDone) -> None:
+                status = "already there" if e.skipped else f"{e.seconds:.1f}s"
+                progress.update(task, completed=e.done, last=f"{e.item.file[:48]} ({status})")
+
+            summary = bm.sample_items(mine, out, settings, bundle=bundle, rank=shard.index, on_progress=on_progress)
+        bm.finish_distributed(shard)  # torchrun: wait for every rank before rank 0 merges
+        meta = {"benchmark": benchmark, "shards": shard.count, "cache": cache.__dict__.copy()}
+        merged = None
+        if not shard.distributed or shard.index == 0:  # independent --shard runs: each merges what is on disk
+            merged = bm.merge_manifests(out, items, meta)
+    finally:
+        bm.close_distributed(shard)
+    # One summary line per process, --quiet included (it only turns the live bar off).
+    line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there "
+            f"({len(items)} in the set), {summary.seconds:.1f}s")  # fmt: skip
+    console.print(line + (f"; manifest {merged}" if merged is not None else ""), highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------------- vbench
+
+
+@bench_app.command("vbench")
+@user_errors
+def vbench_cmd(
+    output_dir: Path = OUTPUT_DIR,
+    dimension: Optional[List[str]] = typer.Option(
+        None, "--dimension", help="Only prompts of this VBench dimension (repeatable); default: all 16."),
+    prompt_file: Optional[Path] = typer.Option(
+        None, "--prompt-file", help="A custom prompt list (one a line) instead of VBench's; names are sanitised."),
+    samples_per_prompt: int = typer.Option(
+        bm.VBENCH_SAMPLES_PER_PROMPT, "--samples-per-prompt", help="Videos per prompt, named {prompt}-{i}.mp4."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video (default: the model's)."),
+    cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
+    reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
+    compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
+    mix_lambda: Optional[float] = LAMBDA, checkpoint_dir: Optional[Path] = CHECKPOINT,
+    num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
+    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET,
+) -> None:
+    """VBench: every unique prompt (or those of --dimension) x --samples-per-prompt, as {prompt}-{i}.mp4."""
+    the_shard = bm.resolve_shard(shard)
+    if prompt_file is not None and dimension:
+        raise FlowcacheError("--dimension filters VBench's prompt list; a --prompt-file has no dimensions")
+    if dimension is not None and any(not d.strip() for d in dimension):
+        raise FlowcacheError(f"--dimension needs a value (allowed: {', '.join(bm.vbench_dimensions())})")
+    prompts = bm.read_prompt_file(prompt_file) if prompt_file is not None else bm.vbench_prompts()
+    prompts = bm.filter_dimensions(prompts, dimension or [])
+    items = bm.limit_items(bm.prompt_items(prompts, samples_per_prompt, seed), limit)
+    flags = dict(policy=cache, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
+                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
+                 query_granularity=query_granularity, mix_lambda=mix_lambda)
+    _cache_config(None, **flags)  # bad cache flags fail before the model loads
+    _sample("vbench" if prompt_file is None else f"prompts:{prompt_file.name}", the_shard,
+            lambda bundle: (items, None, None), output_dir, checkpoint_dir, device, flags, num_steps,
+            lambda bundle: num_frames, lossless, quiet)
+
+
+# ----------------------------------------------------------------------------------------------- physicsiq
+
+
+@bench_app.command("physicsiq")
+@user_errors
+def physicsiq_cmd(
+    dataset_dir: Path = typer.Option(..., "--dataset-dir", help="PhysicsIQ root: descriptions.csv, switch-frames/, split-videos/."),
+    output_dir: Path = OUTPUT_DIR,
+    mode: str = typer.Option("v2v", "--mode", help="v2v: continue the 3 s conditioning video; i2v: start from the switch frame."),
+    num_frames: Optional[int] = typer.Option(
+        None, "--num-frames", help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
+    cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
+    reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
+    compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
+    mix_lambda: Optional[float] = LAMBDA, checkpoint_dir: Optional[Path] = CHECKPOINT,
+    num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
+    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET,
+) -> None:
+    """PhysicsIQ: one video per take-1 scenario, named by generated_video_name, exactly 5 s at the model's fps."""
+    the_shard = bm.resolve_shard(shard)
+    if mode not in bm.PHYSICSIQ_MODES:
+        raise FlowcacheError(f"--mode {mode!r} unknown for PhysicsIQ (allowed: {', '.join(bm.PHYSICSIQ_MODES)})")
+    rows = bm.read_physicsiq(dataset_dir)
+    flags = dict(policy=cache, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
+                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
+                 query_granularity=query_granularity, mix_lambda=mix_lambda)
+    _cache_config(None, **flags)
+
+    def need(bundle) -> int:
+        return bundle.config.runtime.fps * bm.PHYSICSIQ_SECONDS
+
+    def build(bundle):
+        fps = bundle.config.runtime.fps
+        if num_frames is not None and num_frames < need(bundle):
+            raise FlowcacheError(f"--num-frames {num_frames} is shorter than PhysicsIQ's 5 s at {fps} fps ({need(bundle)} frames)")
+        items = bm.limit_items(bm.physicsiq_items(rows, dataset_dir, mode, fps, seed), limit)
+        note = None
+        if mode == "v2v":
+            src = items[0].prefix_fps
+            how = "as is" if src == fps else f"resampled to {fps} fps"
+            note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(bundle)} frames at {fps} fps"
+        return items, need(bundle), note
+
+    _sample(f"physicsiq-{mode}", the_shard, build, output_dir, checkpoint_dir, device, flags, num_steps,
+            lambda bundle: max(num_frames or 0, need(bundle)), lossless, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="sample-benchmark")

@@ -1,0 +1,275 @@
+"""`flowcache generate` end to end: real mp4 files from the tiny random bundle (16 frames, 8 steps, 64x64)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flowcache_cli.main import app
+from flowcache_core.video import read_video, write_image, write_video
+
+runner = CliRunner()
+PROMPT = "a red circle moves right"
+SCHEMA_KEYS = {"forward", "chunks", "tokens_forwarded", "kv"}
+CHUNK_KEYS = {"id", "step", "t", "decision", "reason", "rel_l1", "acc"}
+REASONS = {"warmup", "entered", "last_step", "threshold", "below_threshold", "none"}
+
+
+def gen(bundle: Path, out: Path, *args) -> object:
+    return runner.invoke(app, ["generate", "--checkpoint-dir", str(bundle), "--output-path", str(out),
+                               *[str(a) for a in args]])
+
+
+def ok(result) -> None:
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def smooth_frames(t: int, seed: int = 0, h: int = 64, w: int = 64) -> np.ndarray:
+    """Soft gradients with a moving blob: content H.264 4:2:0 keeps well."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(40, 200, 3)
+    f = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        blob = 60 * np.exp(-((xx - 10 - 3 * i) ** 2 + (yy - 32) ** 2) / 80)
+        for c in range(3):
+            f[i, ..., c] = np.clip(base[c] + 0.5 * xx - 0.3 * yy + blob, 0, 255)
+    return f
+
+
+# ------------------------------------------------------------------------------------------ runs that work
+@pytest.fixture(scope="module")
+def t2v(tiny_bundle_dir, tmp_path_factory):
+    """One t2v run (flowcache, lossless, JSON log, not quiet) shared by several tests."""
+    d = tmp_path_factory.mktemp("t2v")
+    out, log = d / "out.mp4", d / "log.jsonl"
+    result = gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--seed", 3, "--cache", "flowcache", "--lossless",
+                 "--json-log", log)
+    ok(result)
+    return out, log, result
+
+
+def test_t2v_writes_playable_mp4_of_configured_size(t2v):
+    out, _, _ = t2v
+    frames, fps = read_video(out)
+    assert frames.shape == (16, 64, 64, 3)  # the tiny bundle: 16 frames at 64x64
+    assert fps == pytest.approx(12)
+    assert frames.std() > 1  # a random model still moves the latents
+    assert sorted(p.name for p in out.parent.iterdir()) == ["log.jsonl", "out.mp4"]  # no temp files left
+
+
+def test_t2v_prints_live_lines_and_summary(t2v):
+    _, _, result = t2v
+    # Not a terminal: one plain progress line per forward (on stderr), then the summary (stdout).
+    assert "fwd 1/" in result.stderr and "c0 ■" in result.stderr and "KV " in result.stderr
+    assert "□" in result.stderr  # flowcache at the bundle's default threshold reuses something
+    for word in ("computed", "skipped", "speedup", "peak memory", "process peak RSS", "sampling", "wrote"):
+        assert word in result.stdout, word
+    assert "Traceback" not in result.output
+
+
+def test_json_log_one_object_per_forward_with_spec_schema(t2v):
+    _, log, result = t2v
+    rows = read_log(log)
+    assert [r["forward"] for r in rows] == sorted(r["forward"] for r in rows)
+    assert len(rows) == result.stderr.count("fwd ")  # one object per (denoising) forward
+    for r in rows:
+        assert set(r) == SCHEMA_KEYS
+        assert set(r["kv"]) == {"used", "budget"}
+        assert r["chunks"]
+        for c in r["chunks"]:
+            assert set(c) == CHUNK_KEYS
+            assert c["decision"] in ("compute", "reuse") and c["reason"] in REASONS
+    assert any(c["decision"] == "reuse" for r in rows for c in r["chunks"])
+
+
+def test_same_seed_same_frames_other_seed_other_frames(t2v, tiny_bundle_dir, tmp_path):
+    out, _, _ = t2v
+    again, other = tmp_path / "again.mp4", tmp_path / "other.mp4"
+    result = gen(tiny_bundle_dir, again, "--prompt", PROMPT, "--seed", 3, "--cache", "flowcache", "--lossless", "--quiet")
+    ok(result)
+    assert result.output.strip() == str(again)  # --quiet: the output path only
+    ok(gen(tiny_bundle_dir, other, "--prompt", PROMPT, "--seed", 4, "--cache", "flowcache", "--lossless", "--quiet"))
+    a, b, c = read_video(out)[0], read_video(again)[0], read_video(other)[0]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_i2v_first_frame_is_the_image(tiny_bundle_dir, tmp_path):
+    image = smooth_frames(1, seed=5)[0]
+    write_image(tmp_path / "first.png", image)
+    out = tmp_path / "i2v.mp4"
+    ok(gen(tiny_bundle_dir, out, "--mode", "i2v", "--image", tmp_path / "first.png", "--prompt", PROMPT,
+           "--num-frames", 8, "--quiet"))
+    frames, _ = read_video(out)
+    assert frames.shape[0] >= 8 and frames.shape[1:] == (64, 64, 3)
+    err = np.abs(frames[0].astype(int) - image.astype(int))
+    assert err.mean() < 2.0 and err.max() < 24  # default H.264 (CRF 12, 4:2:0): codec error only
+
+
+def test_v2v_outputs_only_the_generated_part(tiny_bundle_dir, tmp_path):
+    prefix = tmp_path / "prefix.mp4"
+    write_video(prefix, smooth_frames(8, seed=6), 12, lossless=True)  # two chunks of 4 frames
+    out = tmp_path / "v2v.mp4"
+    ok(gen(tiny_bundle_dir, out, "--mode", "v2v", "--prefix-video", prefix, "--cache", "teacache", "--num-frames", 8,
+           "--quiet"))
+    frames, _ = read_video(out)
+    assert frames.shape == (8, 64, 64, 3)  # --num-frames (8) generated after the prefix, prefix not repeated
+
+
+@pytest.fixture(scope="module")
+def none_ref(tiny_bundle_dir, tmp_path_factory) -> Path:
+    ref = tmp_path_factory.mktemp("none") / "none.mp4"
+    ok(gen(tiny_bundle_dir, ref, "--prompt", PROMPT, "--seed", 1, "--cache", "none", "--lossless", "--quiet"))
+    return ref
+
+
+@pytest.mark.parametrize("policy", ["flowcache", "teacache"])
+def test_threshold_zero_is_bit_identical_to_none(policy, none_ref, tiny_bundle_dir, tmp_path):
+    out, log = tmp_path / f"{policy}.mp4", tmp_path / f"{policy}.jsonl"
+    ok(gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--seed", 1, "--cache", policy, "--rel-l1-thresh", 0,
+           "--warmup-steps", 0, "--lossless", "--quiet", "--json-log", log))
+    assert np.array_equal(read_video(none_ref)[0], read_video(out)[0])
+    chunks = [c for r in read_log(log) for c in r["chunks"]]
+    assert all(c["decision"] == "compute" for c in chunks)
+    free = [c for c in chunks if c["reason"] == "threshold"]  # steps no rule forces: decided by the distance
+    assert free and all(isinstance(c["rel_l1"], float) for c in free)
+
+
+def test_config_file_runtime_config_overrides_the_bundle(tiny_bundle_dir, tmp_path):
+    cfg = tmp_path / "magi.json"
+    cfg.write_text(json.dumps({"model_config": {"num_layers": 99}, "runtime_config": {"num_frames": 8},
+                               "engine_config": {}}))
+    out = tmp_path / "short.mp4"
+    ok(gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--config-file", cfg, "--quiet"))
+    assert read_video(out)[0].shape[0] == 8  # runtime_config applied; model_config ignored (weights fix it)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def bad_bundles(tiny_bundle_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad_bundles")
+    corrupt = Path(shutil.copytree(tiny_bundle_dir, d / "corrupt"))
+    (corrupt / "model.safetensors").write_bytes(b"\x00junk" * 100)
+    mismatch = Path(shutil.copytree(tiny_bundle_dir, d / "mismatch"))
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["model_config"]["hidden_size"] *= 2  # config and weights disagree (heads * kv_channels kept consistent)
+    cfg["model_config"]["kv_channels"] *= 2
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    return {"corrupt": corrupt, "mismatch": mismatch}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "junk.mp4").write_bytes(b"not a video at all" * 10)
+    write_video(d / "short.mp4", smooth_frames(2), 12, lossless=True)
+    write_image(d / "small.png", smooth_frames(1, h=32, w=32)[0])
+    (d / "unknown_key.json").write_text(json.dumps({"model_config": {}, "runtime_config": {"num_stepz": 4}}))
+    return d
+
+
+BAD = {
+    # case: (extra args, words the one error line must contain)
+    "unknown mode": (["--mode", "x2v", "--prompt", PROMPT], ["--mode", "x2v", "t2v, i2v, v2v"]),
+    "missing checkpoint dir": (["--checkpoint-dir", "{tmp}/nowhere", "--prompt", PROMPT], ["does not exist"]),
+    "corrupt safetensors": (["--checkpoint-dir", "{corrupt}", "--prompt", PROMPT], ["not a readable safetensors"]),
+    "shape mismatch": (["--checkpoint-dir", "{mismatch}", "--prompt", PROMPT], ["weight", "has shape"]),
+    "empty prompt t2v": (["--prompt", "  "], ["--prompt", "empty"]),
+    "output folder missing": (["--prompt", PROMPT, "--output-path", "{tmp}/missing/out.mp4"], ["does not exist"]),
+    "output not mp4": (["--prompt", PROMPT, "--output-path", "{tmp}/out.avi"], [".mp4"]),
+    "prefix unreadable": (["--mode", "v2v", "--prefix-video", "{inputs}/junk.mp4"], ["junk.mp4", "not readable"]),
+    "prefix too short": (["--mode", "v2v", "--prefix-video", "{inputs}/short.mp4"], ["2 frames", "at least one chunk"]),
+    "v2v without prefix": (["--mode", "v2v"], ["--prefix-video"]),
+    "image wrong size": (["--mode", "i2v", "--image", "{inputs}/small.png"], ["32x32", "64x64"]),
+    "threshold < 0": (["--prompt", PROMPT, "--cache", "flowcache", "--rel-l1-thresh", "-0.1"], ["--rel-l1-thresh", ">= 0"]),
+    "warmup < 0": (["--prompt", PROMPT, "--cache", "flowcache", "--warmup-steps", "-1"], ["--warmup-steps", ">= 0"]),
+    "B_total <= window": (["--prompt", PROMPT, "--total-cache-chunk-nums", "4"], ["--total-cache-chunk-nums", "window"]),
+    "lambda > 1": (["--prompt", PROMPT, "--mix-lambda", "1.5"], ["--mix-lambda", "[0, 1]"]),
+    "lambda < 0": (["--prompt", PROMPT, "--mix-lambda", "-0.5"], ["--mix-lambda", "[0, 1]"]),
+    "unknown strategy": (["--prompt", PROMPT, "--compress-strategy", "pixel"], ["--compress-strategy", "token, frame, chunk"]),
+    "unknown granularity": (["--prompt", PROMPT, "--query-granularity", "all"], ["--query-granularity", "token, frame, chunk"]),
+    "unknown cache policy": (["--prompt", PROMPT, "--cache", "deepcache"], ["--cache", "none, teacache, flowcache"]),
+    "unknown reuse": (["--prompt", PROMPT, "--reuse", "both"], ["--reuse", "displacement, velocity"]),
+    "not a number": (["--prompt", PROMPT, "--num-steps", "many"], ["--num-steps"]),
+    "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["num_steps 6", "window_size"]),
+    "config file unknown key": (["--prompt", PROMPT, "--config-file", "{inputs}/unknown_key.json"], ["num_stepz"]),
+}
+
+
+def check_one_line_error(result, out: Path, words: list[str]) -> None:
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert result.stdout == ""
+    assert not out.exists()
+    assert not [p for p in out.parent.glob(f".{out.name}*")] if out.parent.exists() else True
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_no_file(case, tiny_bundle_dir, bad_bundles, inputs, tmp_path):
+    args, words = BAD[case]
+    fmt = {"tmp": tmp_path, "inputs": inputs, **bad_bundles}
+    args = [a.format(**fmt) for a in args]
+    out = tmp_path / "out.mp4"
+    if "--output-path" in args:
+        out = Path(args[args.index("--output-path") + 1])
+    full = ["generate", "--output-path", str(out), *args]
+    if "--checkpoint-dir" not in args:
+        full += ["--checkpoint-dir", str(tiny_bundle_dir)]
+    check_one_line_error(runner.invoke(app, full), out, words)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(tiny_bundle_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        out = ro / "out.mp4"
+        check_one_line_error(gen(tiny_bundle_dir, out, "--prompt", PROMPT), out, ["not writable"])
+    finally:
+        ro.chmod(0o755)
+
+
+def test_json_log_not_left_when_the_run_fails(tiny_bundle_dir, bad_bundles, tmp_path):
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    result = gen(bad_bundles["mismatch"], out, "--prompt", PROMPT, "--json-log", log)
+    assert result.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kv_budget_shows_in_live_line_and_log(tiny_bundle_dir, tmp_path):
+    out, log = tmp_path / "kv.mp4", tmp_path / "kv.jsonl"
+    result = gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--cache", "flowcache", "--total-cache-chunk-nums", 5,
+                 "--num-frames", 8, "--json-log", log)
+    ok(result)
+    assert "tokens, " in result.stderr and "%" in result.stderr  # `KV 1.0k/1.3k tokens, 80%`
+    assert "KV compressions" in result.stdout
+    rows = read_log(log)
+    budget = rows[0]["kv"]["budget"]
+    assert budget and all(r["kv"]["budget"] == budget and r["kv"]["used"] <= budget for r in rows)
+
+
+def test_progress_formatting():
+    from flowcache_core.pipeline import ChunkRecord, ForwardEvent
+    from flowcache_core.progress import fmt_tokens, forward_line, kv_text
+
+    assert [fmt_tokens(n) for n in (768, 2304, 61440, 2_500_000)] == ["768", "2.3k", "61k", "2.5M"]
+    assert kv_text(61_000, 73_000) == "KV 61k/73k tokens, 84%"
+    assert kv_text(12_000, None) == "KV 12k tokens"
+    e = ForwardEvent(11, [ChunkRecord(3, 9, 0.6, "compute", "threshold", 0.02, 0.0),
+                          ChunkRecord(4, 5, 0.3, "reuse", "below_threshold", 0.004, 0.011)], 768, 2304, 2880, 0.1, 56)
+    assert forward_line(e).plain == "fwd 12/56  c3 ■ .000 c4 □ .011   KV 2.3k/2.9k tokens, 80%"
