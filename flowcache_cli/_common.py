@@ -7,6 +7,13 @@ from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
+
+try:  # Typer >= 0.20 vendors click; older releases use click itself
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _TyperUsageError
+from click.exceptions import UsageError as _ClickUsageError
 
 from flowcache_core.errors import FlowcacheError
 
@@ -36,3 +43,14 @@ def user_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineUsageErrors(TyperCommand):
+    """Typer's own usage errors (a missing option, a value that is not a number) as one line + exit 2,
+    instead of a multi-line box, like every other error of the command."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except (_TyperUsageError, _ClickUsageError) as e:
+            raise fail(f"{e.format_message()} (see {ctx.command_path} --help)") from None

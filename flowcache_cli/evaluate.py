@@ -9,7 +9,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flowcache_cli._common import console, err_console, user_errors
+from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
 from flowcache_core.evaluate import EvaluationResult, evaluate
 
 
@@ -68,4 +68,4 @@ def evaluate_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
+    app.command("evaluate", cls=OneLineUsageErrors)(evaluate_cmd)

@@ -16,9 +16,8 @@ from typing import Optional
 
 import torch
 import typer
-from typer.core import TyperCommand
 
-from flowcache_cli._common import console, err_console, fail, user_errors
+from flowcache_cli._common import OneLineUsageErrors, console, err_console, fail, user_errors
 from flowcache_core.api import MODES, generate
 from flowcache_core.bundle import default_model_dir, load_bundle
 from flowcache_core.cache.policy import (
@@ -31,24 +30,8 @@ from flowcache_core.pipeline import ForwardEvent
 from flowcache_core.progress import ProgressView, summary_table
 from flowcache_core.video import check_output_path, read_image, read_video, write_video
 
-try:  # Typer >= 0.20 vendors click; older releases use click itself
-    from typer._click.exceptions import UsageError as _TyperUsageError
-except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError as _TyperUsageError
-from click.exceptions import UsageError as _ClickUsageError
 
 FALLBACK_CACHE_DEFAULTS = {"rel_l1_thresh": 0.015, "warmup_steps": 5}
-
-
-class OneLineUsageErrors(TyperCommand):
-    """Typer's own usage errors (a missing option, a value that is not a number) as one line + exit 2,
-    instead of a multi-line box, like every other error of the command."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except (_TyperUsageError, _ClickUsageError) as e:
-            raise fail(f"{e.format_message()} (see flowcache {ctx.info_name} --help)") from None
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -236,7 +219,7 @@ def generate_cmd(
         raise FlowcacheError(f"--image {str(image)!r} is {image_px.shape[1]}x{image_px.shape[0]}, "
                              f"the model generates {rt.video_size_w}x{rt.video_size_h} (resize it or pass --width/--height)")
     # read_video's frames view ffmpeg's bytes (read-only); torch warns on those, so take a writable copy.
-    prefix_px = read_video(prefix_video)[0].copy() if prefix_video is not None else None
+    prefix_px = read_video(prefix_video)[0] if prefix_video is not None else None
     if prefix_px is not None:
         if prefix_px.shape[1:3] != (rt.video_size_h, rt.video_size_w):
             raise FlowcacheError(f"--prefix-video {str(prefix_video)!r} is {prefix_px.shape[2]}x{prefix_px.shape[1]}, "

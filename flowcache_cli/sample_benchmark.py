@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flowcache_cli._common import console, err_console, user_errors
+from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
 from flowcache_core import benchmarks as bm
 from flowcache_core.cache.policy import COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig
 from flowcache_core.errors import FlowcacheError
@@ -112,7 +112,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
 # ----------------------------------------------------------------------------------------------- vbench
 
 
-@bench_app.command("vbench")
+@bench_app.command("vbench", cls=OneLineUsageErrors)
 @user_errors
 def vbench_cmd(
     output_dir: Path = OUTPUT_DIR,
@@ -151,7 +151,7 @@ def vbench_cmd(
 # ----------------------------------------------------------------------------------------------- physicsiq
 
 
-@bench_app.command("physicsiq")
+@bench_app.command("physicsiq", cls=OneLineUsageErrors)
 @user_errors
 def physicsiq_cmd(
     dataset_dir: Path = typer.Option(..., "--dataset-dir", help="PhysicsIQ root: descriptions.csv, switch-frames/, split-videos/."),

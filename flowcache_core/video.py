@@ -248,7 +248,7 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tup
         cw, ch = info.crop
         if cw <= info.width and ch <= info.height:
             frames = frames[:, :ch, :cw]
-    return np.ascontiguousarray(frames), info.fps
+    return frames.copy(), info.fps  # a writable array of its own (frombuffer views ffmpeg's read-only bytes)
 
 
 def count_frames(path: str | os.PathLike) -> int:
