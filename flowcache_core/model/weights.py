@@ -43,12 +43,14 @@ def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu") -> dict[st
         except (json.JSONDecodeError, KeyError, TypeError):
             raise FlowcacheError(f"{str(index)!r} is not a valid safetensors index (needs a 'weight_map' object)") from None
         sd: dict[str, torch.Tensor] = {}
+        held: dict[str, set[str]] = {}
         for shard in sorted(set(weight_map.values())):
             part = _read_safetensors(d / shard, device)
+            held[shard] = set(part)
             sd.update(part)
-        missing = [k for k, f in weight_map.items() if k not in sd]
-        if missing:
-            raise FlowcacheError(f"index {str(index)!r} names {missing[0]!r} in {weight_map[missing[0]]!r}, which does not hold it")
+        for k, f in weight_map.items():
+            if k not in held[f]:
+                raise FlowcacheError(f"index {str(index)!r} names {k!r} in {f!r}, which does not hold it")
         return sd
     if (d / SINGLE_NAME).is_file():
         return _read_safetensors(d / SINGLE_NAME, device)
