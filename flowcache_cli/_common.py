@@ -9,11 +9,20 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-try:  # Typer >= 0.20 vendors click; older releases use click itself
+# Typer >= 0.20 vendors its own click (typer._click); click itself may be installed beside it, or not.
+_USAGE_ERRORS: tuple[type[Exception], ...] = ()
+try:
     from typer._click.exceptions import UsageError as _TyperUsageError
+
+    _USAGE_ERRORS += (_TyperUsageError,)
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError as _TyperUsageError
-from click.exceptions import UsageError as _ClickUsageError
+    pass
+try:
+    from click.exceptions import UsageError as _ClickUsageError
+
+    _USAGE_ERRORS += (_ClickUsageError,)
+except ImportError:  # pragma: no cover
+    pass
 
 from flowcache_core.errors import FlowcacheError
 
@@ -52,5 +61,5 @@ class OneLineUsageErrors(TyperCommand):
     def parse_args(self, ctx, args):
         try:
             return super().parse_args(ctx, args)
-        except (_TyperUsageError, _ClickUsageError) as e:
+        except _USAGE_ERRORS as e:
             raise fail(f"{e.format_message()} (see {ctx.command_path} --help)") from None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -132,10 +131,9 @@ def test_killed_run_resumes(tiny_bundle_dir, prompt_file, tmp_path):
     assert doc["complete"] and sorted(v["file"] for v in doc["videos"]) == sorted(videos(out))
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_torchrun_two_processes(tiny_bundle_dir, prompt_file, reference, tmp_path):
     out = tmp_path / "out"
-    cmd = ["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "flowcache_cli.main", "sample-benchmark",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flowcache_cli.main", "sample-benchmark",
            "vbench", "--prompt-file", str(prompt_file), "--samples-per-prompt", "2", "--checkpoint-dir",
            str(tiny_bundle_dir), "--output-dir", str(out), "--lossless", "--quiet"]  # fmt: skip
     r = subprocess.run(cmd, env=sub_env(), capture_output=True, text=True, timeout=180)
