@@ -15,7 +15,7 @@ test:
 
 lint:
 	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests
-	$(PY) -m ruff check flowcache_core flowcache_cli bench tests 2>/dev/null || echo "ruff not installed: compileall only"
+	$(PY) -m pyflakes flowcache_core flowcache_cli bench tests
 
 default-model:      ## on a GPU: train the default model (seed 0), export to out/train/default_model
 	$(PY) -m flowcache_core.train --out out/train --time-limit 400 --seed 0

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import typer
 
-from flowcache_cli._common import OneLineUsageErrors, console, err_console, fail, user_errors
+from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
 from flowcache_core.api import MODES, generate
 from flowcache_core.bundle import default_model_dir, load_bundle
 from flowcache_core.cache.policy import (

@@ -154,7 +154,7 @@ class MagiConfig:
 
     # ----- validation -----
     def validate(self) -> "MagiConfig":
-        m, r, e = self.model, self.runtime, self.engine
+        m, r = self.model, self.runtime
         _positive(m, ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                       "kv_channels", "patch_size", "t_patch_size", "in_channels", "out_channels",
                       "caption_channels", "caption_max_length"], "model_config")

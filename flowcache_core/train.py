@@ -169,6 +169,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
     t0 = time.perf_counter()
     start_step = step
+    t_rate = t0
     losses = []
     history = []
     model.train(); text.train()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from flowcache_cli.main import app
-from flowcache_core.metrics import LpipsAlex, LpipsUnavailable, load_lpips
+from flowcache_core.metrics import LpipsUnavailable, load_lpips
 from flowcache_core.video import write_image, write_video
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.dit import ChunkBatch, build_model
+from flowcache_core.model.dit import build_model
 from flowcache_core.model.weights import INDEX_NAME, load_weights, read_state_dict, save_weights
 from test_dit_properties import make_batch, tiny_cfg
 
