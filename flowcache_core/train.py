@@ -27,7 +27,7 @@ from flowcache_core.config import EngineConfig, MagiConfig, ModelConfig, Runtime
 from flowcache_core.model.codec import SpaceToDepthCodec
 from flowcache_core.model.dit import ChunkBatch, VideoDiT, build_model
 from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
-from flowcache_core.model.weights import save_weights
+from flowcache_core.model.weights import read_state_dict, save_weights
 from flowcache_core.pipeline import NULL_CAPTION_TOKENS
 from flowcache_core.schedule import plan_forwards
 from flowcache_core.world import sample_clip_batch
@@ -153,11 +153,9 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     ema = copy.deepcopy(model).requires_grad_(False)
     ema_text = copy.deepcopy(text).requires_grad_(False)
     step = 0
-    ckpt = out / "train_state.pt"
-    if resume and ckpt.is_file():
-        st = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(st["model"]); text.load_state_dict(st["text"]); opt.load_state_dict(st["opt"])
-        ema.load_state_dict(st["ema"]); ema_text.load_state_dict(st["ema_text"]); step = int(st["step"])
+    state_dir = out / "state"
+    if resume and state_dir.is_dir():
+        step = load_train_state(state_dir, model, text, ema, ema_text, opt)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
     dev_gen = torch.Generator(device=device).manual_seed(tc.seed * 104729 + step)
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
@@ -209,13 +207,50 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             losses = []
             if log:
                 log(rec)
-    torch.save({"model": model.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-                "ema_text": ema_text.state_dict(), "step": step}, ckpt)
+    save_train_state(state_dir, model, text, ema, ema_text, opt, step)
     export_default_model(ema, ema_text, cfg, out / "default_model")
     with open(out / "loss_history.jsonl", "a") as fh:
         for rec in history:
             fh.write(json.dumps(rec) + "\n")
     return {"steps": step, "seconds": time.perf_counter() - t0, "history": history}
+
+
+def save_train_state(d: Path, model, text, ema, ema_text, opt, step: int) -> None:
+    """Everything needed to resume, as bf16 safetensors shards of at most 15 MB (so it travels back from a
+    lent GPU machine). bf16 moments and weights make a resumed run close to, not bit-identical with, one run."""
+    sd: dict[str, torch.Tensor] = {"step": torch.tensor([step])}
+    for prefix, m in (("model.", model), ("text.", text), ("ema.", ema), ("ema_text.", ema_text)):
+        sd.update({prefix + k: v.detach().to(torch.bfloat16) for k, v in m.state_dict().items()})
+    for i, st in opt.state_dict()["state"].items():
+        sd[f"opt.{i}.exp_avg"] = st["exp_avg"].to(torch.bfloat16)
+        sd[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].to(torch.bfloat16)
+        sd[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    save_weights(sd, d, max_shard_bytes=15_000_000)
+
+
+def load_train_state(d: Path, model, text, ema, ema_text, opt) -> int:
+    sd = read_state_dict(d)
+    for prefix, m in (("model.", model), ("text.", text), ("ema.", ema), ("ema_text.", ema_text)):
+        own = m.state_dict()
+        m.load_state_dict({k: sd[prefix + k].to(v.dtype) for k, v in own.items()})
+    osd = opt.state_dict()
+    n = len(osd["param_groups"][0]["params"])
+    osd["state"] = {i: {"step": sd[f"opt.{i}.step"].reshape(()).float(),
+                        "exp_avg": sd[f"opt.{i}.exp_avg"].float(), "exp_avg_sq": sd[f"opt.{i}.exp_avg_sq"].float()}
+                    for i in range(n) if f"opt.{i}.exp_avg" in sd}
+    opt.load_state_dict(osd)
+    return int(sd["step"][0])
+
+
+def export_from_state(out: Path) -> None:
+    """The EMA weights of a saved training state as a bundle in out/default_model."""
+    cfg = default_model_config()
+    model = build_model(cfg.model, dtype=torch.float32)
+    text = WordTextEncoder(WordTextEncoderConfig())
+    opt = torch.optim.AdamW(list(model.parameters()) + list(text.parameters()))
+    ema, ema_text = copy.deepcopy(model), copy.deepcopy(text)
+    load_train_state(out / "state", model, text, ema, ema_text, opt)
+    export_default_model(ema, ema_text, cfg, out / "default_model")
 
 
 def export_default_model(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, out_dir: str | os.PathLike,
@@ -293,7 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
+    ap.add_argument("--export-only", action="store_true", help="write OUT/default_model from OUT/state (no training)")
     a = ap.parse_args(argv)
+    if a.export_only:
+        export_from_state(Path(a.out))
+        return
     if a.profile:
         profile_steps(a.batch, a.device, a.workers)
         return
