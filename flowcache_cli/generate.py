@@ -20,6 +20,7 @@ import typer
 from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
 from flowcache_core.api import MODES, generate
 from flowcache_core.bundle import default_model_dir, load_bundle
+from flowcache_core.magi_release import choose_variant, is_magi_release, release_ckpt_dir, variant_config
 from flowcache_core.cache.policy import (
     COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig,
 )  # fmt: skip
@@ -41,7 +42,7 @@ def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def load_run_config(checkpoint_dir: Path | None, config_file: Path | None) -> MagiConfig:
+def load_run_config(checkpoint_dir: Path | None, config_file: Path | None, variant: str | None = None) -> MagiConfig:
     """The bundle's config.json, with `runtime_config` of `config_file` (MAGI-1 schema) laid over it.
 
     Only the keys present in the file's runtime_config change; its model_config and engine_config are not
@@ -50,9 +51,13 @@ def load_run_config(checkpoint_dir: Path | None, config_file: Path | None) -> Ma
     d = checkpoint_dir if checkpoint_dir is not None else default_model_dir()
     if not d.is_dir():
         raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
-    if not (d / "config.json").is_file():
+    if is_magi_release(d):  # an official release root: the variant's config
+        ckpt = release_ckpt_dir(d)
+        cfg = variant_config(ckpt, choose_variant(ckpt, variant))
+    elif not (d / "config.json").is_file():
         raise FlowcacheError(f"checkpoint directory {str(d)!r} has no config.json (MAGI-1 schema)")
-    cfg = MagiConfig.from_json(d / "config.json")
+    else:
+        cfg = MagiConfig.from_json(d / "config.json")
     if config_file is None:
         return cfg
     if not config_file.is_file():
@@ -151,7 +156,8 @@ def generate_cmd(
         None, "--config-file",
         help="A MAGI-1 JSON config; only its runtime_config is used, laid over the checkpoint's (the weights fix the model).",
     ),  # fmt: skip
-    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle; default: the shipped model."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle or an official MAGI-1 release root; default: the shipped model."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="MAGI-1 release variant (4.5B_distill, 24B_base, ...); default: the only one present."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Noise seed (default: the config's)."),
     num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, help="Denoising steps per chunk."),
     num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames to generate (v2v: after the prefix)."),
@@ -206,7 +212,7 @@ def generate_cmd(
         raise FlowcacheError("--mode v2v needs --prefix-video")
     check_device(device)
     check_backend(attn_backend)
-    config = load_run_config(checkpoint_dir, config_file)
+    config = load_run_config(checkpoint_dir, config_file, variant)
     config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
                             cfg_number=cfg_number, seed=seed).validate()
     given = dict(rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
@@ -230,7 +236,7 @@ def generate_cmd(
                                  f"least one chunk ({rt.chunk_width * temporal} frames)")
 
     # 2. Load the model (a missing, corrupt or mismatched checkpoint fails here, in one line).
-    bundle = load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend)
+    bundle = load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend, variant=variant)
     bundle.config = config  # the bundle's own, with --config-file's runtime_config and the flags laid over it
 
     # 3. Sample with live progress, write the video (atomic), then the JSON log (atomic).

@@ -53,7 +53,7 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
              checkpoint_dir: str | os.PathLike | None = None, bundle: Bundle | None = None,
              seed: int | None = None, num_steps: int | None = None, num_frames: int | None = None,
              height: int | None = None, width: int | None = None, cfg_number: int | None = None,
-             device: str = "cpu", attn_backend: str = "sdpa",
+             device: str = "cpu", attn_backend: str = "sdpa", variant: str | None = None,
              on_event: Callable[[object], None] | None = None) -> GenerationResult:
     """Generate a video. `image` is (H, W, 3) uint8 for i2v; `prefix_video` (T, H, W, 3) uint8 for v2v."""
     if mode not in MODES:
@@ -65,7 +65,7 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
     _check_int("seed", seed, 0)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FlowcacheError(f"device {device!r} asked for but CUDA is not available here (use --device cpu)")
-    b = bundle or load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend)
+    b = bundle or load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend, variant=variant)
     cfg = b.config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
                            cfg_number=cfg_number, seed=seed)
     cfg.validate()
@@ -73,11 +73,6 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
     cache = cache or CacheConfig(policy="none")
     cache.validate_for(rt.window_size)
     dev = b.device
-
-    # Text.
-    with torch.no_grad():
-        emb, mask = b.text_encoder.encode([prompt])
-    text = TextCondition(emb[0].to(dev), mask[0].to(dev))
 
     # Prefix latents (i2v: one image; v2v: a video) in the codec's latent space.
     prefix = None
@@ -104,6 +99,12 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
     p = b.config.model.patch_size
     P = 0 if prefix is None else prefix.shape[1]
     chunk_num, _ = chunk_layout(Tl, P, rt.chunk_width)
+    # Text: one caption row per generated chunk (MAGI-1's T5 path prepends per-chunk duration tokens).
+    with torch.no_grad():
+        emb, mask = b.text_encoder.encode([prompt])
+        caps, masks = b.text_encoder.chunk_captions(emb[0], mask[0], chunk_num - P // rt.chunk_width)
+    text = TextCondition(caps.to(dev), masks.to(dev))
+
     gen = torch.Generator().manual_seed(rt.seed)
     noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)  # every frame after the prefix
 

@@ -5,7 +5,7 @@ Layout (the shipped default model uses it; a user's own trained model too):
                                     "flowcache" object: {"codec": {"name": ..., ...}, "text_encoder": "word"}
     model.safetensors               DiT weights, official MAGI-1 key names (or shards + model.safetensors.index.json)
     text_encoder.safetensors/.json  the built-in word encoder (text_encoder "word")
-Official MAGI-1 release directories (VAE + T5) are a separate loader (not in this module yet).
+Official MAGI-1 release directories (ckpt/magi/<variant>, ckpt/vae, ckpt/t5) go through `magi_release.py`.
 """
 from __future__ import annotations
 
@@ -43,7 +43,14 @@ def default_model_dir() -> Path:
 
 
 def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                attn_backend: str = "sdpa") -> Bundle:
+                attn_backend: str = "sdpa", variant: str | None = None) -> Bundle:
+    """A flowcache bundle directory, or an official MAGI-1 release root (ckpt/magi, ckpt/vae, ckpt/t5)."""
+    from flowcache_core.magi_release import is_magi_release, load_magi_release
+
+    if path is not None and is_magi_release(path):
+        return load_magi_release(path, variant=variant, device=device, dtype=dtype, attn_backend=attn_backend)
+    if variant is not None:
+        raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; {str(path)!r} is a flowcache bundle")
     d = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if not d.is_dir():
         raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")

@@ -94,8 +94,10 @@ class RunRecord:
 # ------------------------------------------------------------------------------------------ conditioning
 @dataclass
 class TextCondition:
-    caption: torch.Tensor  # (Lc, Dcap) text embedding of the prompt
-    mask: torch.Tensor  # (Lc,) 1 = valid token; all zero = empty prompt (the null caption is used)
+    """The prompt's embedding, one row per generated chunk (MAGI-1 prepends per-chunk special tokens)."""
+
+    caption: torch.Tensor  # (n_generated_chunks, Lc, Dcap), or (Lc, Dcap) for the same caption everywhere
+    mask: torch.Tensor  # same leading shape, (…, Lc): 1 = valid token; all zero = empty prompt (null caption)
 
 
 def _null_caption(model: VideoDiT) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +147,16 @@ class Sampler:
                                   shortcut_mode=eng.shortcut_mode)
         self.store = store or KVStore(model.cfg.num_layers)
         Lmax = model.cfg.caption_max_length
-        self.cond = _pad(text.caption.to(self.device).float(), text.mask.to(self.device), Lmax)
+        n_gen = self.chunk_num - self.offset
+        caps = text.caption if text.caption.dim() == 3 else text.caption[None].expand(n_gen, -1, -1)
+        masks = text.mask if text.mask.dim() == 2 else text.mask[None].expand(n_gen, -1)
+        if caps.shape[0] != n_gen:
+            raise ValueError(f"{caps.shape[0]} chunk captions for {n_gen} generated chunks")
         self.null = _null_caption(model)
-        if int(text.mask.sum()) == 0:  # empty prompt: MAGI-1 uses the null caption for the conditional pass too
-            self.cond = self.null
+        if int(masks.sum()) == 0:  # empty prompt: MAGI-1 uses the null caption for the conditional pass too
+            caps, masks = self.null[0][None].expand(n_gen, -1, -1), self.null[1][None].expand(n_gen, -1)
+        padded = [_pad(c.to(self.device).float(), m.to(self.device), Lmax) for c, m in zip(caps, masks)]
+        self.cond = (torch.stack([c for c, _ in padded]), torch.stack([m for _, m in padded]))  # (n_gen, Lmax, ·)
         self.final_clean: set[int] = set()  # chunks whose clean K/V is written and final
         self.last_queries: dict[int, torch.Tensor] = {}  # per layer, the newest computed chunk's queries
         self._last_access: KVAccess | None = None
@@ -178,9 +186,12 @@ class Sampler:
     # -- one CFG pass --
     def _pass(self, rows: list[Row], t: list[float], f: Forward, caption: str, dropped: bool,
               kv: KVAccess | None, write: list[bool], near_dup: bool) -> torch.Tensor:
-        cap, mask = self.cond if caption == "cond" else self.null
         cw = self.rt.chunk_width
         ids = [r.chunk_id for r in rows]
+        # Clean chunks always see the null caption (MAGI-1); denoising chunks their own row of the prompt.
+        use_cond = [caption == "cond" and not r.clean for r in rows]
+        cap = torch.stack([self.cond[0][r.chunk_id - self.offset] if u else self.null[0] for r, u in zip(rows, use_cond)])
+        mask = torch.stack([self.cond[1][r.chunk_id - self.offset] if u else self.null[1] for r, u in zip(rows, use_cond)])
         starts = [r.kv_start for r in rows] if kv is not None else ids
         offsets = [c * cw for c in ids] if kv is not None else [0] * len(ids)
         xs = [self.chunk(c) for c in ids]
@@ -190,13 +201,14 @@ class Sampler:
         if near_dup:  # the oldest denoising chunk again, seeing only itself, placed after the window
             j = next(i for i, r in enumerate(rows) if not r.clean)
             xs.append(xs[j]); ts.append(ts[j]); ids.append(ids[j]); starts.append(ids[j])
+            cap, mask = torch.cat([cap, cap[j : j + 1]]), torch.cat([mask, mask[j : j + 1]])
             offsets.append((max(ids) + 1) * cw if kv is not None else 0)
             shared.append(False); write.append(False)
         n = len(ids)
         batch = ChunkBatch(
             x=torch.stack(xs), t=torch.tensor(ts, dtype=torch.float32, device=self.device),
             chunk_ids=ids, kv_start=starts,
-            caption=cap[None].expand(n, -1, -1), caption_mask=mask[None].expand(n, -1),
+            caption=cap, caption_mask=mask,
             caption_dropped=torch.full((n,), dropped, dtype=torch.bool, device=self.device),
             write_kv=write, time_offset=offsets, shared=shared, distill_dt=self._distill_dt(f))
         v = self.model(batch, kv)  # (n, C, cw, h, w)

@@ -94,7 +94,9 @@ class SpaceToDepthCodec:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-CODECS: dict[str, Callable[..., LatentCodec]] = {"space_to_depth": SpaceToDepthCodec}
+from flowcache_core.model.vae import MagiVAECodec  # noqa: E402 (vae.py does not import this module)
+
+CODECS: dict[str, Callable[..., LatentCodec]] = {"space_to_depth": SpaceToDepthCodec, "magi_vae": MagiVAECodec}
 
 
 def make_codec(name: str, **kw) -> LatentCodec:

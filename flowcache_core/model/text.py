@@ -106,6 +106,10 @@ class WordTextEncoder(nn.Module):
         x = self.norm(x) * mask[..., None].to(x.dtype)  # (B, L, dim)
         return x.float()
 
+    def chunk_captions(self, caption: Tensor, mask: Tensor, num_chunks: int) -> tuple[Tensor, Tensor]:
+        """One caption row per generated chunk: (L, dim), (L,) -> (n, L, dim), (n, L); the same row for all."""
+        return caption[None].expand(num_chunks, -1, -1), mask[None].expand(num_chunks, -1)
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         device = self.pos_embed.device
         ids, mask = self.tokenize(prompts)
