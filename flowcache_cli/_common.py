@@ -24,6 +24,7 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+from flowcache_core.cache.policy import CacheConfig
 from flowcache_core.errors import FlowcacheError
 
 console = Console()
@@ -63,3 +64,28 @@ class OneLineUsageErrors(TyperCommand):
             return super().parse_args(ctx, args)
         except _USAGE_ERRORS as e:
             raise fail(f"{e.format_message()} (see {ctx.command_path} --help)") from None
+
+
+def cache_config_from_flags(policy: str, given: dict, config=None) -> CacheConfig:
+    """CacheConfig from the cache flags the user gave, else the model's `flowcache.cache_defaults`, else
+    CacheConfig's defaults (the published 0.015 / 5). Error lines name the CLI flag (`--rel-l1-thresh -1 ...`).
+    config=None checks the flags alone (before the model is loaded); with a MagiConfig the budget is checked
+    against its window size too."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
+    defaults = ((config.extra.get("flowcache") or {}).get("cache_defaults") or {}) if config is not None else {}
+    kwargs = {k: v for k, v in defaults.items() if k in fields}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    try:
+        cache = CacheConfig(policy=policy, **kwargs)
+        if config is not None:
+            cache.validate_for(config.runtime.window_size)
+    except FlowcacheError as e:
+        msg = str(e)
+        for name in ("policy", *fields):
+            if msg.startswith(f"{name}="):
+                flag = "--cache" if name == "policy" else f"--{name.replace('_', '-')}"
+                msg = f"{flag} " + msg[len(name) + 1:]
+        raise FlowcacheError(msg) from None
+    return cache

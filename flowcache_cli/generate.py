@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import typer
 
-from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
+from flowcache_cli._common import OneLineUsageErrors, cache_config_from_flags, console, err_console, user_errors
 from flowcache_core.api import MODES, generate
 from flowcache_core.bundle import default_model_dir, load_bundle
 from flowcache_core.magi_release import choose_variant, is_magi_release, release_ckpt_dir, variant_config
@@ -32,7 +32,6 @@ from flowcache_core.progress import ProgressView, summary_table
 from flowcache_core.video import check_output_path, read_image, read_video, write_video
 
 
-FALLBACK_CACHE_DEFAULTS = {"rel_l1_thresh": 0.015, "warmup_steps": 5}
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -78,23 +77,8 @@ def load_run_config(checkpoint_dir: Path | None, config_file: Path | None, varia
 
 
 def cache_config(policy: str, given: dict, config: MagiConfig) -> CacheConfig:
-    """CacheConfig from the flags the user gave, else the bundle's `flowcache.cache_defaults`, else 0.015 / 5.
-    Error lines name the CLI flag (`--rel-l1-thresh -1 ...`), not the Python field."""
     _choice("--cache", policy, POLICY_NAMES)
-    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
-    bundle_defaults = ((config.extra.get("flowcache") or {}).get("cache_defaults") or {})
-    kwargs = {**FALLBACK_CACHE_DEFAULTS, **{k: v for k, v in bundle_defaults.items() if k in fields}}
-    kwargs.update({k: v for k, v in given.items() if v is not None})
-    try:
-        cache = CacheConfig(policy=policy, **kwargs)
-        cache.validate_for(config.runtime.window_size)
-    except FlowcacheError as e:
-        msg = str(e)
-        for name in fields:
-            if msg.startswith(f"{name}="):
-                msg = f"--{name.replace('_', '-')} " + msg[len(name) + 1:]
-        raise FlowcacheError(msg) from None
-    return cache
+    return cache_config_from_flags(policy, given, config)
 
 
 def check_device(device: str) -> str:

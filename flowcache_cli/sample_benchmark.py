@@ -5,14 +5,13 @@ The work (prompt lists, PhysicsIQ reader, seeds, sharding, the sampling loop, ma
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
+from flowcache_cli._common import OneLineUsageErrors, cache_config_from_flags, console, err_console, user_errors
 from flowcache_core import benchmarks as bm
 from flowcache_core.cache.policy import COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig
 from flowcache_core.errors import FlowcacheError
@@ -45,24 +44,8 @@ QUIET = typer.Option(False, "--quiet", help="No progress bar (the one-line summa
 
 
 def _cache_config(bundle, policy: str, **given) -> CacheConfig:
-    """Flags the user gave, else the model's `flowcache.cache_defaults`, else CacheConfig's defaults (as
-    `generate` does; errors name the flag). bundle=None: check the flags alone, before the model loads."""
-    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
-    defaults = ((bundle.config.extra.get("flowcache") or {}).get("cache_defaults") or {}) if bundle else {}
-    kwargs = {k: v for k, v in defaults.items() if k in fields}
-    kwargs.update({k: v for k, v in given.items() if v is not None})
-    try:
-        cache = CacheConfig(policy=policy, **kwargs)
-        if bundle is not None:
-            cache.validate_for(bundle.config.runtime.window_size)
-    except FlowcacheError as e:
-        msg = str(e)
-        for name in ("policy", *fields):
-            if msg.startswith(f"{name}="):
-                flag = "--cache" if name == "policy" else f"--{name.replace('_', '-')}"
-                msg = f"{flag} " + msg[len(name) + 1:]
-        raise FlowcacheError(msg) from None
-    return cache
+    """As `generate` does; bundle=None: check the flags alone, before the model loads."""
+    return cache_config_from_flags(policy, given, bundle.config if bundle is not None else None)
 
 
 def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, checkpoint_dir, device: str,
