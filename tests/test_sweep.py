@@ -1,0 +1,193 @@
+"""`flowcache sweep` and the bench scripts built on it: grid, JSON, recommendation, bad input; all on the tiny bundle."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from flowcache_cli.main import app  # noqa: E402
+from flowcache_core.errors import FlowcacheError  # noqa: E402
+from flowcache_core.sweep import (  # noqa: E402
+    SettingSummary, SweepConfig, pareto_front, parse_float_list, recommend, run_sweep, settings_grid,
+)  # fmt: skip
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread here: the many tiny forwards of a sweep slow down badly when two threads contend with
+    other work on a 2-core machine (spinning at every barrier)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _summary(name, speedup, psnr, ssim, policy="flowcache"):
+    return SettingSummary(name, policy, "velocity", 0.1, 2, 1.0, speedup, speedup, speedup, 10, 20, 2.0, speedup / 2.0,
+                          psnr, psnr, ssim, None)
+
+
+@pytest.fixture(scope="module")
+def sweep_json(tiny_bundle_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    r = runner.invoke(app, ["sweep", "--prompts", "2", "--thresholds", "0,0.1", "--num-steps", "8", "--quiet",
+                            "--checkpoint-dir", str(tiny_bundle_dir), "--output-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("sweep.json")
+    return out
+
+
+def test_sweep_writes_every_setting(sweep_json):
+    data = json.loads((sweep_json / "sweep.json").read_text())
+    names = [s["setting"] for s in data["settings"]]
+    assert names == ["none", "teacache@0", "teacache@0.1", "flowcache-displacement@0", "flowcache-displacement@0.1",
+                     "flowcache-velocity@0", "flowcache-velocity@0.1"]
+    assert len(data["runs"]) == 2 * len(names)  # 2 prompts x 1 seed, interleaved per prompt
+    assert [r["setting"] for r in data["runs"][: len(names)]] == names
+    assert data["seed_scale"]["pairs"] and math.isfinite(data["seed_scale"]["psnr_mean"])
+    for s in data["settings"]:
+        assert s["mean_seconds"] > 0 and s["chunk_forwards"] > 0
+    if (sweep_json / "sweep_pareto.png").exists():
+        assert (sweep_json / "sweep_pareto.png").stat().st_size > 1000
+
+
+def test_threshold_zero_is_the_uncached_video(sweep_json):
+    data = json.loads((sweep_json / "sweep.json").read_text())
+    by = {s["setting"]: s for s in data["settings"]}
+    for name in ("flowcache-displacement@0", "flowcache-velocity@0", "teacache@0"):
+        assert by[name]["psnr_mean"] == "inf"
+        assert by[name]["ssim_mean"] == pytest.approx(1.0)
+        assert by[name]["computed_chunk_forwards"] == by["none"]["computed_chunk_forwards"]
+        assert by[name]["chunk_forwards"] == by["none"]["chunk_forwards"]
+        assert by[name]["ideal_speedup"] == 1.0
+
+
+def test_recommend_picks_fastest_above_floor():
+    table = [
+        _summary("none", 1.0, None, None, policy="none"),
+        _summary("a", 3.0, 24.9, 0.9),  # fast but under the PSNR floor
+        _summary("b", 2.5, 30.0, 0.70),  # under the SSIM floor
+        _summary("c", 2.0, 26.0, 0.80),
+        _summary("d", 1.5, float("inf"), 1.0),
+        _summary("e", 2.0, 28.0, 0.85),  # same speed as c, higher PSNR wins the tie
+    ]
+    assert recommend(table, 25.0, 0.75).setting == "e"
+    assert recommend(table, 35.0, 0.75).setting == "d"
+    assert recommend(table[:3], 25.0, 0.75) is None
+
+
+def test_pareto_front():
+    pts = [(1.0, 30.0), (2.0, 25.0), (1.5, 20.0), (3.0, 10.0)]
+    assert pareto_front(pts) == [0, 1, 3]
+    assert pareto_front([(1.0, 0.1), (2.0, 0.05)], higher_better=False) == [1]
+
+
+def test_grid_and_parsing():
+    g = settings_grid(["none", "flowcache"], ["velocity"], [0.05, 0.1])
+    assert [s.name for s in g] == ["none", "flowcache-velocity@0.05", "flowcache-velocity@0.1"]
+    assert parse_float_list("0.1, 0.05,0.1") == [0.05, 0.1]
+    for bad in ("", " , ", "-0.1", "abc", "nan", "inf"):
+        with pytest.raises(FlowcacheError):
+            parse_float_list(bad)
+    with pytest.raises(FlowcacheError):
+        SweepConfig(["a red circle moves left"], policies=["none", "magic"]).validate()
+
+
+def test_run_sweep_sees_every_video(tiny_bundle_dir):
+    from flowcache_core.bundle import load_bundle
+
+    seen = []
+    cfg = SweepConfig(["a red circle moves left"], [3], [0.2], ["none", "flowcache"], ["velocity"], num_steps=8,
+                      lpips=False, seed_scale=False)
+    res = run_sweep(cfg, bundle=load_bundle(tiny_bundle_dir), on_video=lambda s, p, seed, f: seen.append((s, seed, f.shape)))
+    assert [s for s, _, _ in seen] == ["none", "flowcache-velocity@0.2"]
+    assert res.lpips_status == "off" and res.seed_scale is None
+    assert res.summaries[1].lpips_mean is None and res.summaries[1].ideal_speedup >= 1.0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--thresholds", ""], "--thresholds"),
+    (["--thresholds", "0.1,-0.05"], "-0.05"),
+    (["--policies", "none,magic"], "magic"),
+    (["--reuse-modes", "teleport"], "teleport"),
+    (["--seeds", "x"], "--seeds"),
+    (["--prompts", "0"], "--prompts"),
+    (["--prompt-file", "/nonexistent/prompts.txt"], "prompt file"),
+    (["--output-dir", "/nonexistent/deeper/out"], "does not exist"),
+    (["--thresholds"], "--thresholds"),
+    (["--device", "tpu"], "--device"),
+    (["--min-ssim", "2"], "min_ssim"),
+])  # fmt: skip
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    r = runner.invoke(app, ["sweep", "--output-dir", str(tmp_path / "o"), *args] if "--output-dir" not in args
+                      else ["sweep", *args])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.output
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path):
+    import builtins
+
+    from flowcache_core.sweep import pareto_plot
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    msg = pareto_plot([_summary("a", 2.0, 30.0, 0.9)], tmp_path / "p.png")
+    assert "matplotlib" in msg and "\n" not in msg and not (tmp_path / "p.png").exists()
+
+
+# ----------------------------------------------------------------------------- bench scripts' pure parts
+def test_judge_default_seam_stats():
+    from bench.judge_default import colour_kept, frame_changes, seam_stats
+
+    T, cf = 8, 4
+    v = np.zeros((T, 4, 4, 3), np.uint8)
+    for t in range(T):
+        v[t] = t * 2 + (10 if t >= cf else 0)  # +2 per frame, +10 more at the chunk boundary (3 -> 4)
+    assert frame_changes(v).tolist() == [2, 2, 2, 12, 2, 2, 2]
+    s = seam_stats([v], cf)
+    assert s["boundary_pairs"] == 1 and s["within_pairs"] == 6
+    assert s["boundary_mean"] == 12 and s["within_mean"] == 2 and s["ratio"] == 6
+    assert seam_stats([], cf)["ratio"] is None
+    from flowcache_core.world import render_caption
+
+    clip = render_caption("a red square moves left", 0, 16, 64, 64).frames
+    assert colour_kept("a red square moves left", clip)["ok"]
+    assert not colour_kept("a blue square moves left", clip)["ok"]
+
+
+def test_speed_quality_pure_parts():
+    from bench.speed_quality import best_per_group, goals, judge_summary, machine_info
+
+    m = machine_info()
+    assert m["logical_cpus"] >= 1 and m["cpu_model"]
+    acc = judge_summary([dict(setting="none", colour_ok=True, direction_ok=False),
+                         dict(setting="none", colour_ok=True, direction_ok=True),
+                         dict(setting="x", colour_ok=False, direction_ok=False)])
+    assert acc == {"none": dict(n=2, colour=1.0, direction=0.5), "x": dict(n=1, colour=0.0, direction=0.0)}
+    table = [_summary("none", 1.0, None, None, policy="none"),
+             _summary("teacache@0.1", 1.4, 26.0, 0.8, policy="teacache"),
+             _summary("flowcache-displacement@0.1", 2.0, 25.5, 0.8),
+             _summary("flowcache-velocity@0.1", 2.6, 27.0, 0.9),
+             _summary("flowcache-velocity@0.2", 3.5, 20.0, 0.6)]
+    best = best_per_group(table, 25.0, 0.75)
+    assert best["flowcache-velocity"]["setting"] == "flowcache-velocity@0.1"
+    g = goals(best)
+    assert g["goal1_flowcache_2.5x_above_floor"] is True
+    assert g["goal1_velocity_faster_than_displacement_and_teacache_at_floor"] is True
+    assert g["goal2_realized_over_ideal_ge_0.95"] is True  # 2.6 / 2.0 in the synthetic table
