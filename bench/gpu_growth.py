@@ -1,0 +1,105 @@
+"""Per-chunk latency and peak memory as the video grows, with and without KV compression (issue 7, bench 3).
+
+MAGI-1 4.5B-shaped DiT with random bf16 weights (fewer layers with --layers to fit a 10-minute call), every
+chunk attending to all earlier chunks (noise2clean_kvrange [] as FlowCache's published config), 8 steps
+(timing only), no decode. For each emitted chunk: seconds since the previous one and the peak device memory.
+Runs `--chunks` chunks without a budget and with B_total = --budget, prints a table, writes JSON.
+
+    python bench/gpu_growth.py --layers 8 --chunks 40 --out bench/results/gpu_growth.json
+    python bench/gpu_growth.py --tiny --chunks 6 --device cpu       # smoke test of the script itself
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flowcache_core.api import make_store  # noqa: E402
+from flowcache_core.cache.policy import CacheConfig, NoCache  # noqa: E402
+from flowcache_core.config import magi_4_5b  # noqa: E402
+from flowcache_core.model.dit import build_model  # noqa: E402
+from flowcache_core.pipeline import ChunkEmitted, Sampler, TextCondition  # noqa: E402
+
+
+def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int) -> list[dict]:
+    rt = cfg.runtime
+    C, h = cfg.model.in_channels, rt.video_size_h // 8
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(C, chunks * rt.chunk_width, h, h, generator=g).to(device)
+    cap = torch.randn(lc, cfg.model.caption_channels, generator=g).to(device)
+    text = TextCondition(cap, torch.ones(lc, dtype=torch.long, device=device))
+    p = cfg.model.patch_size
+    tpf = (h // p) ** 2
+    store = make_store(cfg.model, CacheConfig("none", total_cache_chunk_nums=budget), rt.chunk_width * tpf, tpf)
+    rows: list[dict] = []
+    last = [time.perf_counter()]
+
+    def on_event(e):
+        if isinstance(e, ChunkEmitted):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+            rows.append({"chunk": e.index, "seconds": now - last[0], "peak_mem_gib": mem,
+                         "kv_tokens_per_layer": store.tokens("cond")})
+            last[0] = now
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sampler = Sampler(model, cfg, text, noise, policy=NoCache(), on_event=on_event, store=store)
+    for _ in sampler.run():
+        pass
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunks", type=int, default=40)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--budget", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a small model and 64x64 latents, for a smoke test")
+    ap.add_argument("--out", default="bench/results/gpu_growth.json")
+    a = ap.parse_args()
+    cfg = magi_4_5b(distill=True)
+    cfg.runtime = dataclasses.replace(cfg.runtime, num_steps=a.steps, noise2clean_kvrange=[])
+    if a.tiny:
+        cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=256, ffn_hidden_size=512,
+                                        num_attention_heads=8, kv_channels=32, num_query_groups=2, caption_channels=64)
+        cfg.runtime = dataclasses.replace(cfg.runtime, video_size_h=64, video_size_w=64, chunk_width=2)
+    if a.layers:
+        cfg.model = dataclasses.replace(cfg.model, num_layers=a.layers)
+    dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
+    model = build_model(cfg.model, device=a.device, dtype=dtype, seed=0).eval()
+    with torch.no_grad():
+        model.final_linear.linear.weight.normal_(0, 0.01)
+    res = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu",
+           "layers": cfg.model.num_layers, "steps": a.steps, "chunks": a.chunks, "budget": a.budget, "runs": {}}
+    for name, budget in (("no_compression", None), (f"B_total_{a.budget}", a.budget)):
+        t = time.perf_counter()
+        res["runs"][name] = run(model, cfg, a.chunks, budget, a.device, lc=120 if not a.tiny else 8)
+        res["runs"][name + "_total_s"] = time.perf_counter() - t
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(f"{'chunk':>5} " + " ".join(f"{n:>26}" for n in res["runs"] if not n.endswith("_s")))
+    names = [n for n in res["runs"] if not n.endswith("_s")]
+    for i in range(a.chunks):
+        cells = []
+        for n in names:
+            r = res["runs"][n][i]
+            mem = f"{r['peak_mem_gib']:.1f}G" if r["peak_mem_gib"] is not None else "-"
+            cells.append(f"{r['seconds']:8.3f}s {mem:>6} {r['kv_tokens_per_layer']:>8}t")
+        print(f"{i:>5} " + " ".join(f"{c:>26}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
