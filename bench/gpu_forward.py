@@ -73,10 +73,49 @@ def attention_agreement() -> dict:
 
 
 @torch.no_grad()
+def skip_and_overhead(model, batch, store, mc, L: int, tpf: int) -> dict:
+    """Issue 7 goal 4: what a skipped chunk costs (forwards of the same window with 1..4 chunks computed; a
+    skipped chunk still pays its feature = patch embedding, and the policy's decision), and the policy +
+    compressor overhead against the full forward."""
+    import dataclasses as dc
+
+    from flowcache_core.cache.kv_compressor import KVCompressor, compress_clean
+    from flowcache_core.cache.policy import CacheConfig, ChunkStep, make_policy
+
+    n = len(batch.chunk_ids)
+    by_k = {}
+    for k in range(1, n + 1):  # the newest k chunks computed, the others skipped
+        sub = dc.replace(batch, x=batch.x[n - k:], t=batch.t[n - k:], chunk_ids=batch.chunk_ids[n - k:],
+                         kv_start=batch.kv_start[n - k:], caption=batch.caption[n - k:],
+                         caption_mask=batch.caption_mask[n - k:], caption_dropped=batch.caption_dropped[n - k:],
+                         write_kv=batch.write_kv[n - k:])
+        by_k[k] = statistics.median(time_cuda(lambda: model(sub, KVAccess(store)), 1, 3))
+    per_chunk = (by_k[n] - by_k[1]) / (n - 1)
+    feat = statistics.median(time_cuda(lambda: model.embed_patches(batch.x[:1]), 2, 10))
+    policy = make_policy(CacheConfig("flowcache", rel_l1_thresh=0.05, warmup_steps=0, reuse="velocity"))
+    feats = model.embed_patches(batch.x)
+    steps = [ChunkStep(c, 10, 64, 0.3, 0.01, False, feats[j]) for j, c in enumerate(batch.chunk_ids)]
+    policy.update(steps, [d for d in policy.decide(steps)], {c: batch.x[j] for j, c in enumerate(batch.chunk_ids)},
+                  {c: batch.x[j] for j, c in enumerate(batch.chunk_ids)})
+    pol = statistics.median(time_cuda(lambda: policy.decide(steps), 2, 10)) + n * feat
+    keys = torch.randn(2 * L, mc.num_query_groups, mc.kv_channels, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(L, mc.num_attention_heads, mc.kv_channels, device="cuda", dtype=torch.bfloat16)
+    comp = KVCompressor("token", "chunk", 0.07)
+    pos = torch.arange(2 * L, device="cuda")
+    one = statistics.median(time_cuda(lambda: compress_clean(keys, keys, pos, pos // L, q, compressor=comp,
+                                                             tokens_per_frame=tpf, tokens_per_chunk=L, budget=L), 1, 3))
+    full = by_k[n]
+    return {"forward_s_by_computed_chunks": by_k, "skipped_chunk_cost_vs_computed": feat / per_chunk,
+            "policy_s_per_forward": pol, "compression_s": one * mc.num_layers,
+            "overhead_vs_full_forward": {"policy": pol / full, "compression_per_event": one * mc.num_layers / full}}
+
+
+@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/gpu_forward.json")
     ap.add_argument("--layers", type=int, default=None, help="fewer layers for a quick look (FLOPs scale)")
+    ap.add_argument("--skip-cost", action="store_true", help="also: forwards with 1..4 computed chunks, policy and compressor overhead")
     a = ap.parse_args()
     dev = "cuda"
     cfg = magi_4_5b(distill=True)
@@ -115,6 +154,8 @@ def main() -> None:
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "attention_rel_err_vs_fp64": attention_agreement(), "backends": available_backends(),
     }
+    if a.skip_cost:
+        res.update(skip_and_overhead(model, batch, store, mc, L, tpf=(h // 2) ** 2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"{'gpu':24s} {res['gpu']}")
@@ -122,6 +163,10 @@ def main() -> None:
         v = res[k]
         print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
     print(f"{'attention rel err':24s} {res['attention_rel_err_vs_fp64']}")
+    for k in ["forward_s_by_computed_chunks", "skipped_chunk_cost_vs_computed", "policy_s_per_forward",
+              "compression_s", "overhead_vs_full_forward"]:
+        if k in res:
+            print(f"{k:24s} {res[k]}")
 
 
 if __name__ == "__main__":
