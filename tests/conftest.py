@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -36,3 +37,22 @@ def make_tiny_bundle(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tmp_path_factory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+@functools.lru_cache(maxsize=1)
+def real_lpips():
+    """The real LPIPS (AlexNet v0.1) from local files, fetching them into the cache folder once if needed;
+    LpipsUnavailable (with the reason) when that is impossible, so the tests that need it skip."""
+    import subprocess
+
+    from flowcache_core.metrics import LpipsUnavailable, load_lpips
+
+    found = load_lpips()
+    if isinstance(found, LpipsUnavailable):
+        fetch = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.sh"
+        try:
+            subprocess.run(["sh", str(fetch)], check=True, capture_output=True, timeout=600)
+        except (subprocess.SubprocessError, OSError) as e:
+            return LpipsUnavailable(f"{found.reason}; fetching failed: {type(e).__name__}")
+        found = load_lpips()
+    return found

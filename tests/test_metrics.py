@@ -1,9 +1,7 @@
 """PSNR / SSIM definitions, LPIPS weight loading (restricted unpickler, layouts), LPIPS behaviour."""
 from __future__ import annotations
 
-import functools
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +9,11 @@ import pytest
 import torch
 
 from flowcache_core import metrics
+from conftest import real_lpips
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.metrics import LpipsAlex, LpipsUnavailable, load_lpips, lpips_per_frame, psnr, psnr_per_frame, ssim_per_frame
 
 FETCH = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.sh"
-
-
-@functools.lru_cache(maxsize=1)
-def real_lpips() -> LpipsAlex | LpipsUnavailable:
-    """The real LPIPS from local files, fetching them into the cache folder once if needed."""
-    found = load_lpips()
-    if isinstance(found, LpipsUnavailable):
-        try:
-            subprocess.run(["sh", str(FETCH)], check=True, capture_output=True, timeout=600)
-        except (subprocess.SubprocessError, OSError) as e:
-            return LpipsUnavailable(f"{found.reason}; fetching failed: {type(e).__name__}")
-        found = load_lpips()
-    return found
 
 
 def lpips_or_skip() -> LpipsAlex:

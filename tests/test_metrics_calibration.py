@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowcache_core.metrics import LpipsAlex, LpipsUnavailable, cache_dir, load_lpips, lpips_per_frame, psnr
+from conftest import real_lpips
+from flowcache_core.metrics import LpipsUnavailable, cache_dir, lpips_per_frame, psnr
 
 PAIRS = ["I03", "I04", "I06", "I08", "I19"]
 PUBLISHED_LPIPS = [0.7237, 0.2572, 0.0508, 0.0520, 0.4253]
 PUBLISHED_PSNR = [21.11, 20.99, 27.01, 23.30, 21.62]
 PYIQA = ("pyiqa", "0.1.16")
-FETCH = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.sh"
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,18 +45,6 @@ def _pyiqa_wheel() -> Path | str:
             return f"pip download {name}=={version} failed ({type(e).__name__}); no registry reachable?"
         found = sorted(dest.glob(f"{name}-{version}-*.whl"))
     return found[0] if found else f"pip download {name}=={version} produced no wheel"
-
-
-@functools.lru_cache(maxsize=1)
-def _lpips() -> LpipsAlex | LpipsUnavailable:
-    found = load_lpips()
-    if isinstance(found, LpipsUnavailable):
-        try:
-            subprocess.run(["sh", str(FETCH)], check=True, capture_output=True, timeout=600)
-        except (subprocess.SubprocessError, OSError) as e:
-            return LpipsUnavailable(f"{found.reason}; fetching failed: {type(e).__name__}")
-        found = load_lpips()
-    return found
 
 
 def _pair(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +70,7 @@ def test_psnr_matches_published(name, published):
 @pytest.mark.parametrize("name,published", list(zip(PAIRS, PUBLISHED_LPIPS)))
 def test_lpips_matches_published(name, published):
     ref, dist = _pair(name)
-    model = _lpips()
+    model = real_lpips()
     if isinstance(model, LpipsUnavailable):
         pytest.skip(f"LPIPS weights unavailable offline: {model.reason}")
     value = float(lpips_per_frame(model, ref, dist)[0])

@@ -31,7 +31,6 @@ from flowcache_core.errors import FlowcacheError
 VAE_CLASS_NAME = "ViTVAE"
 VAE_CONFIG_NAME = "config.json"
 VAE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-VAE_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 SCALE_FACTOR = 0.18215  # runtime_config.scale_factor of every MAGI-1 example config
 LOGVAR_CLAMP = (-30.0, 20.0)
 
@@ -406,25 +405,13 @@ def read_vae_config(directory: str | os.PathLike) -> ViTVAEConfig:
 
 def load_vit_vae(directory: str | os.PathLike) -> ViTVAE:
     """A release VAE dir (config.json + diffusion_pytorch_model.safetensors or shards + index), strict keys, float32."""
-    from flowcache_core.model.weights import _read_safetensors, check_state_dict
+    from flowcache_core.model.weights import check_state_dict, read_state_dict
 
     d = Path(directory)
     if not d.is_dir():
         raise FlowcacheError(f"VAE directory {str(d)!r} does not exist")
     cfg = read_vae_config(d)
-    index = d / VAE_INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise FlowcacheError(f"{str(index)!r} is not a valid safetensors index (needs a 'weight_map' object)") from None
-        sd = {}
-        for shard in sorted(set(weight_map.values())):
-            sd.update(_read_safetensors(d / shard))
-    elif (d / VAE_WEIGHTS_NAME).is_file():
-        sd = _read_safetensors(d / VAE_WEIGHTS_NAME)
-    else:
-        raise FlowcacheError(f"VAE weights {str(d / VAE_WEIGHTS_NAME)!r} do not exist")
+    sd = read_state_dict(d, single_name=VAE_WEIGHTS_NAME, what="VAE directory")
     with torch.device("meta"):
         vae = ViTVAE(cfg)
     check_state_dict(vae, sd, f"VAE {str(d)!r}")

@@ -31,12 +31,13 @@ def _read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor
         raise FlowcacheError(f"checkpoint file {str(path)!r} is not a readable safetensors file ({msg})") from None
 
 
-def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory (sharded with an index, or a single file)."""
+def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu", single_name: str = SINGLE_NAME,
+                    what: str = "checkpoint directory") -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: shards + `<single_name>.index.json`, or the single file."""
     d = Path(ckpt_dir)
     if not d.is_dir():
-        raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
-    index = d / INDEX_NAME
+        raise FlowcacheError(f"{what} {str(d)!r} does not exist")
+    index = d / (single_name + ".index.json")
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -52,9 +53,9 @@ def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu") -> dict[st
             if k not in held[f]:
                 raise FlowcacheError(f"index {str(index)!r} names {k!r} in {f!r}, which does not hold it")
         return sd
-    if (d / SINGLE_NAME).is_file():
-        return _read_safetensors(d / SINGLE_NAME, device)
-    raise FlowcacheError(f"checkpoint directory {str(d)!r} has neither {INDEX_NAME} nor {SINGLE_NAME}")
+    if (d / single_name).is_file():
+        return _read_safetensors(d / single_name, device)
+    raise FlowcacheError(f"{what} {str(d)!r} has neither {single_name}.index.json nor {single_name}")
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
