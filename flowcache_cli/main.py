@@ -20,16 +20,9 @@ def _root() -> None:
     """flowcache: make autoregressive video diffusion fast by caching, and measure what it costs."""
 
 
-# One module per command; each defines `register(app)`. A module that does not exist yet is skipped.
-_COMMAND_MODULES = ["generate", "evaluate", "sample_benchmark", "train_default", "sweep", "info"]
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"flowcache_cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"flowcache_cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+# One module per command; each defines `register(app)`.
+for _name in ["generate", "evaluate", "sweep", "sample_benchmark"]:
+    importlib.import_module(f"flowcache_cli.{_name}").register(app)
 
 
 def main() -> None:

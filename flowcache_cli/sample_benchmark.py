@@ -48,6 +48,16 @@ def _cache_config(bundle, policy: str, **given) -> CacheConfig:
     return cache_config_from_flags(policy, given, bundle.config if bundle is not None else None)
 
 
+def _checked_cache_flags(policy, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums, compress_strategy,
+                         query_granularity, mix_lambda) -> dict:
+    """The cache flags as CacheConfig fields, checked now so bad ones fail before the model loads."""
+    flags = dict(policy=policy, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
+                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
+                 query_granularity=query_granularity, mix_lambda=mix_lambda)
+    _cache_config(None, **flags)
+    return flags
+
+
 def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, checkpoint_dir, device: str,
             cache_flags: dict, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
     """Shared tail of both commands: bundle once, this process's items, progress, barrier, merged manifest.
@@ -122,10 +132,8 @@ def vbench_cmd(
     prompts = bm.read_prompt_file(prompt_file) if prompt_file is not None else bm.vbench_prompts()
     prompts = bm.filter_dimensions(prompts, dimension or [])
     items = bm.limit_items(bm.prompt_items(prompts, samples_per_prompt, seed), limit)
-    flags = dict(policy=cache, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
-                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
-                 query_granularity=query_granularity, mix_lambda=mix_lambda)
-    _cache_config(None, **flags)  # bad cache flags fail before the model loads
+    flags = _checked_cache_flags(cache, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums,
+                                 compress_strategy, query_granularity, mix_lambda)
     _sample("vbench" if prompt_file is None else f"prompts:{prompt_file.name}", the_shard,
             lambda bundle: (items, None, None), output_dir, checkpoint_dir, device, flags, num_steps,
             lambda bundle: num_frames, lossless, quiet)
@@ -154,10 +162,8 @@ def physicsiq_cmd(
     if mode not in bm.PHYSICSIQ_MODES:
         raise FlowcacheError(f"--mode {mode!r} unknown for PhysicsIQ (allowed: {', '.join(bm.PHYSICSIQ_MODES)})")
     rows = bm.read_physicsiq(dataset_dir)
-    flags = dict(policy=cache, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
-                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
-                 query_granularity=query_granularity, mix_lambda=mix_lambda)
-    _cache_config(None, **flags)
+    flags = _checked_cache_flags(cache, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums,
+                                 compress_strategy, query_granularity, mix_lambda)
 
     def need(bundle) -> int:
         return bundle.config.runtime.fps * bm.PHYSICSIQ_SECONDS

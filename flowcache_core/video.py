@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import contextlib
 import os
 import re
 import subprocess
@@ -104,6 +105,17 @@ def _commit(tmp: Path, path: Path) -> None:
         raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
 
 
+@contextlib.contextmanager
+def _atomic(path: Path, suffix: str):
+    """Yield a temp file beside `path`; rename it onto `path` if the block succeeds, else remove it."""
+    tmp = _temp_beside(path, suffix)
+    try:
+        yield tmp
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
 def _ffmpeg_reason(stderr: str) -> str:
     """The most informative line of ffmpeg's stderr, for a one-line error."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -117,17 +129,11 @@ def _ffmpeg_reason(stderr: str) -> str:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (JSON, CSV) through a temp file in the same folder and a rename."""
     path = check_output_path(path)
-    tmp = _temp_beside(path, path.suffix)
-    ok = False
     try:
-        tmp.write_text(text, encoding="utf-8")
-        _commit(tmp, path)
-        ok = True
+        with _atomic(path, path.suffix) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as e:
         raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        if not ok:
-            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -174,15 +180,13 @@ def write_video(
         codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
     ph, pw = frames.shape[1:3]
     rate = str(Fraction(fps).limit_denominator(1001 * 1000))
-    tmp = _temp_beside(path, ".mp4")
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
-        "-an", *codec,
-        "-metadata", f"comment={_SIZE_TAG}{w}x{h}", "-movflags", "+faststart", "-f", "mp4", str(tmp),
-    ]  # fmt: skip
-    ok = False
-    try:
+    with _atomic(path, ".mp4") as tmp:
+        cmd = [
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
+            "-an", *codec,
+            "-metadata", f"comment={_SIZE_TAG}{w}x{h}", "-movflags", "+faststart", "-f", "mp4", str(tmp),
+        ]  # fmt: skip
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             try:
@@ -197,11 +201,6 @@ def write_video(
             stderr = err.read().decode("utf-8", "replace")
         if rc != 0:
             raise FlowcacheError(f"cannot write video {path}: ffmpeg: {_ffmpeg_reason(stderr)}")
-        _commit(tmp, path)
-        ok = True
-    finally:
-        if not ok:
-            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -290,16 +289,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
         raise FlowcacheError(f"image path {path} must end in one of {', '.join(IMAGE_SUFFIXES)}")
-    tmp = _temp_beside(path, path.suffix)
-    ok = False
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     try:
-        kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format=fmt, **kwargs)
-        _commit(tmp, path)
-        ok = True
+        with _atomic(path, path.suffix) as tmp:
+            Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format=fmt, **kwargs)
     except OSError as e:
         raise FlowcacheError(f"cannot write image {path}: {e}") from None
-    finally:
-        if not ok:
-            tmp.unlink(missing_ok=True)
     return path
