@@ -56,7 +56,7 @@ def default_model_config() -> MagiConfig:
 class TrainConfig:
     steps: int = 20000
     batch: int = 32
-    lr: float = 4e-4
+    lr: float = 6e-4
     warmup: int = 500
     weight_decay: float = 0.01
     ema: float = 0.998
@@ -64,6 +64,7 @@ class TrainConfig:
     workers: int = 8
     log_every: int = 100
     time_limit_s: float | None = None  # stop (and save) after this much wall time
+    fit_to_time: bool = False  # shrink the cosine horizon so that it ends when the time limit does
     num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
 
 
@@ -177,7 +178,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
         data_wait += time.perf_counter() - t_wait
         if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
             break
-        if tc.time_limit_s and step == start_step + 150:  # fit the cosine schedule to the time budget
+        if tc.fit_to_time and tc.time_limit_s and step == start_step + 150:  # end the cosine with the time budget
             rate = 100 / (time.perf_counter() - t_rate)
             tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.98))
         if step == start_step + 50:  # after start-up (workers, allocator)
@@ -324,7 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=TrainConfig.batch)
     ap.add_argument("--seed", type=int, default=TrainConfig.seed)
     ap.add_argument("--workers", type=int, default=TrainConfig.workers)
-    ap.add_argument("--time-limit", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--time-limit", type=float, default=None, help="stop and save after this many seconds")
+    ap.add_argument("--fit-to-time", action="store_true",
+                    help="shrink the cosine horizon (--steps) so that it ends when --time-limit does (the last of several calls)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
@@ -336,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.profile:
         profile_steps(a.batch, a.device, a.workers)
         return
-    tc = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit)
+    tc = TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit,
+                     fit_to_time=a.fit_to_time)
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))
     print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,
