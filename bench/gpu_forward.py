@@ -83,6 +83,13 @@ def skip_and_overhead(model, batch, store, mc, L: int, tpf: int) -> dict:
     from flowcache_core.cache.policy import CacheConfig, ChunkStep, make_policy
 
     n = len(batch.chunk_ids)
+    # A skipped window chunk is still attended by the later ones through the K/V of its last computed forward
+    # (the store's window slots); give every window chunk such a slot, as the pipeline would have.
+    L_tok = batch.x.shape[2] * (batch.x.shape[3] // mc.patch_size) * (batch.x.shape[4] // mc.patch_size)
+    for layer in range(mc.num_layers):
+        for c in batch.chunk_ids:
+            store.write(layer, "cond", c, torch.randn(L_tok, mc.num_query_groups, mc.kv_channels, device="cuda", dtype=torch.bfloat16),
+                        torch.randn(L_tok, mc.num_query_groups, mc.kv_channels, device="cuda", dtype=torch.bfloat16))
     by_k = {}
     for k in range(1, n + 1):  # the newest k chunks computed, the others skipped
         sub = dc.replace(batch, x=batch.x[n - k:], t=batch.t[n - k:], chunk_ids=batch.chunk_ids[n - k:],

@@ -27,7 +27,7 @@ from flowcache_core.model.dit import build_model  # noqa: E402
 from flowcache_core.pipeline import ChunkEmitted, Sampler, TextCondition  # noqa: E402
 
 
-def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int) -> list[dict]:
+def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows: list[dict]) -> list[dict]:
     rt = cfg.runtime
     C, h = cfg.model.in_channels, rt.video_size_h // 8
     g = torch.Generator().manual_seed(0)
@@ -37,7 +37,6 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int) -> li
     p = cfg.model.patch_size
     tpf = (h // p) ** 2
     store = make_store(cfg.model, CacheConfig("none", total_cache_chunk_nums=budget), rt.chunk_width * tpf, tpf)
-    rows: list[dict] = []
     last = [time.perf_counter()]
 
     def on_event(e):
@@ -47,7 +46,7 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int) -> li
             now = time.perf_counter()
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
             rows.append({"chunk": e.index, "seconds": now - last[0], "peak_mem_gib": mem,
-                         "kv_tokens_per_layer": store.tokens("cond")})
+                         "kv_tokens_per_layer": store.tokens("cond"), "kv_gib": store.nbytes() / 2**30})
             last[0] = now
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
@@ -84,10 +83,19 @@ def main() -> None:
         model.final_linear.linear.weight.normal_(0, 0.01)
     res = {"device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu",
            "layers": cfg.model.num_layers, "steps": a.steps, "chunks": a.chunks, "budget": a.budget, "runs": {}}
-    for name, budget in (("no_compression", None), (f"B_total_{a.budget}", a.budget)):
+    # The compressed run first (the goal); the uncompressed one for comparison, until it runs out of memory.
+    for name, budget in ((f"B_total_{a.budget}", a.budget), ("no_compression", None)):
         t = time.perf_counter()
-        res["runs"][name] = run(model, cfg, a.chunks, budget, a.device, lc=120 if not a.tiny else 8)
+        rows: list[dict] = []
+        try:
+            run(model, cfg, a.chunks, budget, a.device, lc=120 if not a.tiny else 8, rows=rows)
+        except torch.cuda.OutOfMemoryError:
+            res[name + "_out_of_memory_after_chunks"] = len(rows)
+            print(f"{name}: out of GPU memory after {len(rows)} chunks")
+        res["runs"][name] = rows
         res["runs"][name + "_total_s"] = time.perf_counter() - t
+        if a.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"{'chunk':>5} " + " ".join(f"{n:>26}" for n in res["runs"] if not n.endswith("_s")))
@@ -95,6 +103,9 @@ def main() -> None:
     for i in range(a.chunks):
         cells = []
         for n in names:
+            if i >= len(res["runs"][n]):
+                cells.append("-")
+                continue
             r = res["runs"][n][i]
             mem = f"{r['peak_mem_gib']:.1f}G" if r["peak_mem_gib"] is not None else "-"
             cells.append(f"{r['seconds']:8.3f}s {mem:>6} {r['kv_tokens_per_layer']:>8}t")

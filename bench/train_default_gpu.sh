@@ -24,5 +24,5 @@ if [ -d "${RESUME_FROM:-}" ]; then rm -rf /tmp/main/state; cp -r "$RESUME_FROM" 
 if [ "${RESUME:-0}" = 1 ] && [ ! -d /tmp/main/state ]; then echo "RESUME=1 but no state to resume" >&2; exit 3; fi
 if [ "${RESUME:-0}" != 1 ] && [ -z "${RESUME_FROM:-}" ]; then rm -rf /tmp/main; mkdir -p /tmp/main; fi
 python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-480}" --batch "${BATCH:-128}" \
-  --steps "${STEPS:-60000}" --workers "${WORKERS:-12}" --seed 0 ${FIT:+--fit-to-time} | tee "$OUT/train.log"
+  --steps "${STEPS:-60000}" --workers "${WORKERS:-12}" --seed 0 ${FIT:+--fit-to-time} ${TRAIN_ARGS:-} | tee "$OUT/train.log"
 cp -r /tmp/main/state "$OUT/state"

@@ -65,6 +65,8 @@ class TrainConfig:
     log_every: int = 100
     time_limit_s: float | None = None  # stop (and save) after this much wall time
     fit_to_time: bool = False  # shrink the cosine horizon so that it ends when the time limit does
+    warm_restart: bool = False  # a resumed run starts a new warmup + cosine from its first step
+    rope_bands: tuple[float, ...] | None = None  # set the RoPE bands (after resuming) to these values
     num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
 
 
@@ -157,6 +159,13 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     state_dir = out / "state"
     if resume and state_dir.is_dir():
         step = load_train_state(state_dir, model, text, ema, ema_text, opt)
+    if tc.rope_bands is not None:
+        # The 4 bands MAGI-1's formula gives a 32-dim head (1, 0.1, 0.01, 0.001 rad per unit) leave an 8x8 patch grid
+        # almost without position: neighbours are 2.1 units apart, so the two slow bands barely turn and the
+        # fast one aliases every ~3 tokens. Training moved them to (0.70, 0.32, -0.02, -0.11); this resets bands.
+        with torch.no_grad():
+            for m in (model, ema):
+                m.rope.bands.copy_(torch.tensor(tc.rope_bands, dtype=torch.float32))
     gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
     dev_gen = torch.Generator(device=device).manual_seed(tc.seed * 104729 + step)
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
@@ -183,7 +192,9 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.98))
         if step == start_step + 50:  # after start-up (workers, allocator)
             t_rate = time.perf_counter()
-        lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / tc.steps)))
+        s0 = start_step if tc.warm_restart else 0  # the schedule's origin
+        lr = tc.lr * min(1.0, (step - s0 + 1) / tc.warmup) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
             g["lr"] = lr
         batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen)
@@ -331,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="shrink the cosine horizon (--steps) so that it ends when --time-limit does (the last of several calls)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--warm-restart", action="store_true", help="a resumed run starts a new warmup + cosine (to --steps)")
+    ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    ap.add_argument("--rope-bands", default=None, help="comma-separated RoPE band values to set after resuming")
     ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
     ap.add_argument("--export-only", action="store_true", help="write OUT/default_model from OUT/state (no training)")
     a = ap.parse_args(argv)
@@ -341,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         profile_steps(a.batch, a.device, a.workers)
         return
     tc = TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit,
-                     fit_to_time=a.fit_to_time)
+                     fit_to_time=a.fit_to_time, warm_restart=a.warm_restart, warmup=a.warmup,
+                     rope_bands=tuple(float(x) for x in a.rope_bands.split(",")) if a.rope_bands else None)
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))
     print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,

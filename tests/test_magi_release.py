@@ -20,10 +20,9 @@ from flowcache_core.config import ModelConfig, magi_4_5b
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.magi_release import choose_variant, load_magi_release, variant_config
 from flowcache_core.model.codec import make_codec
-from flowcache_core.model.dit import build_model
 from flowcache_core.model.t5 import SpecialTokens, chunk_captions, clean_caption
 from flowcache_core.model.vae import MagiVAECodec, ViTVAE, ViTVAEConfig, save_vit_vae
-from flowcache_core.model.weights import save_weights
+from flowcache_core.random_release import write_random_release, write_random_t5
 
 T5_DIM = 32
 H = W = 64
@@ -40,50 +39,12 @@ def tiny_config(distill: bool):
     return cfg
 
 
-def write_t5(d: Path) -> bool:
-    """A tiny random T5EncoderModel + a Unigram tokenizer built offline; False (placeholder dir) without transformers."""
-    d.mkdir(parents=True, exist_ok=True)
-    try:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from transformers import T5Config, T5EncoderModel, T5TokenizerFast
-    except ImportError:
-        return False
-    words = "a cat dog runs on the grass red blue ball sky sun".split()
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words] + \
-            [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz\u2581"]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0).save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(vocab), d_model=T5_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
-    T5EncoderModel(cfg).save_pretrained(d)
-    return True
-
-
 def make_release(root: Path, variants=("4.5B_distill",), seed: int = 0) -> tuple[Path, bool]:
     """ROOT/ckpt/{magi/<variant>/inference_weight[.distill], magi/<variant>/config.json, t5/t5-v1_1-xxl, vae},
-    ROOT/special_tokens.npz."""
-    ckpt = root / "ckpt"
-    for i, v in enumerate(variants):
-        distill = "distill" in v
-        cfg = tiny_config(distill)
-        vdir = ckpt / "magi" / v
-        vdir.mkdir(parents=True)
-        cfg.to_json(vdir / "config.json")
-        model = build_model(cfg.model, dtype=torch.float32, seed=seed + i)
-        with torch.no_grad():  # the init zeroes the output layer; a random model should move the latents
-            model.final_linear.linear.weight.normal_(0, 0.05)
-        name = "inference_weight" + (".fp8" if v.endswith("_quant") else "") + (".distill" if distill else "")
-        save_weights(model, vdir / name, max_shard_bytes=200_000)  # -> model-0000k-of-0000n.safetensors + index
-    torch.manual_seed(seed)
-    save_vit_vae(ViTVAE(VAE_CFG), ckpt / "vae")
-    has_t5 = write_t5(ckpt / "t5" / "t5-v1_1-xxl")
-    rng = np.random.default_rng(seed)
-    np.savez(root / "special_tokens.npz", caption_token=rng.normal(size=(1, T5_DIM)).astype(np.float32),
-             logo_token=rng.normal(size=(1, T5_DIM)).astype(np.float32),
-             other_tokens=rng.normal(size=(100, T5_DIM)).astype(np.float32))
+    ROOT/special_tokens.npz, all tiny and random."""
+    configs = {v: tiny_config("distill" in v) for v in variants}
+    has_t5 = write_random_release(root, configs, VAE_CFG, seed=seed,
+                                  t5=lambda d, dim: write_random_t5(d, dim, layers=2, heads=4, d_kv=8, d_ff=64))
     return root, has_t5
 
 
