@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from flowcache_core.api import generate
 from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES, CacheConfig
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write
 from flowcache_core.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
 from flowcache_core.world import held_out_single_object_captions
 
@@ -412,26 +412,13 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return d
 
 
-def _publish(tmp: str, dest: Path) -> None:
-    """Give the temp file the usual permissions (mkstemp makes it 0600), then rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
     """JSON (inf as "inf"), temp file + rename."""
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, indent=2)
-            f.write("\n")
-        _publish(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(p, ".json") as tmp:
+        tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
     return p
 
 
@@ -484,13 +471,9 @@ def pareto_plot(summaries: list[SettingSummary], path_png: str | os.PathLike, ti
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     p = Path(path_png)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        _publish(tmp, p)
+        with atomic_write(p, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return f"wrote {p}"

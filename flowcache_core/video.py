@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import contextlib
 import os
 import re
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write, check_output_path  # noqa: F401 (re-exported)
 
 DEFAULT_CRF = 12
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -52,24 +52,6 @@ def ffmpeg_exe() -> str:
 # Paths
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early (before any expensive work) if `path` cannot be written: missing or read-only folder,
-    or the path is a folder. Returns the path as a Path."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise FlowcacheError(f"output path {path} is a folder; give a file name")
-    if not parent.exists():
-        raise FlowcacheError(f"output folder {parent} of {path} does not exist; create it first")
-    if not parent.is_dir():
-        raise FlowcacheError(f"output folder {parent} of {path} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FlowcacheError(f"output folder {parent} of {path} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise FlowcacheError(f"output file {path} exists and is read-only")
-    return path
-
-
 def _check_input_path(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.exists():
@@ -81,39 +63,6 @@ def _check_input_path(path: str | os.PathLike, what: str) -> Path:
     if path.stat().st_size == 0:
         raise FlowcacheError(f"{what} {path} is empty (0 bytes)")
     return path
-
-
-def _temp_beside(path: Path, suffix: str) -> Path:
-    """A fresh hidden temp file in the destination's folder (so os.replace is a rename), mode 0o666&~umask."""
-    check_output_path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as e:
-        raise FlowcacheError(f"cannot write in folder {path.parent}: {e.strerror}") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
-
-
-@contextlib.contextmanager
-def _atomic(path: Path, suffix: str):
-    """Yield a temp file beside `path`; rename it onto `path` if the block succeeds, else remove it."""
-    tmp = _temp_beside(path, suffix)
-    try:
-        yield tmp
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone already after a successful rename
 
 
 def _ffmpeg_reason(stderr: str) -> str:
@@ -130,7 +79,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (JSON, CSV) through a temp file in the same folder and a rename."""
     path = check_output_path(path)
     try:
-        with _atomic(path, path.suffix) as tmp:
+        with atomic_write(path, path.suffix) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as e:
         raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
@@ -180,7 +129,7 @@ def write_video(
         codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
     ph, pw = frames.shape[1:3]
     rate = str(Fraction(fps).limit_denominator(1001 * 1000))
-    with _atomic(path, ".mp4") as tmp:
+    with atomic_write(path, ".mp4") as tmp:
         cmd = [
             ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
@@ -291,7 +240,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
         raise FlowcacheError(f"image path {path} must end in one of {', '.join(IMAGE_SUFFIXES)}")
     kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     try:
-        with _atomic(path, path.suffix) as tmp:
+        with atomic_write(path, path.suffix) as tmp:
             Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format=fmt, **kwargs)
     except OSError as e:
         raise FlowcacheError(f"cannot write image {path}: {e}") from None

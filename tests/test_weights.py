@@ -69,3 +69,20 @@ def test_missing_shard_and_bad_index_and_corrupt_file(tmp_path):
         read_state_dict(tmp_path)
     with pytest.raises(FlowcacheError, match="does not exist"):
         read_state_dict(tmp_path / "nope")
+
+
+def test_written_checkpoints_get_the_usual_file_mode(tmp_path):
+    """safetensors and mkstemp create files 0600; a checkpoint others on the machine cannot read is a surprise."""
+    import os
+
+    from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
+
+    umask = os.umask(0o022)
+    try:
+        save_weights(build_model(tiny_cfg(), seed=0), tmp_path / "sharded", max_shard_bytes=20_000)
+        save_text_encoder(WordTextEncoder(WordTextEncoderConfig()), str(tmp_path / "sharded"))
+    finally:
+        os.umask(umask)
+    files = sorted((tmp_path / "sharded").iterdir())
+    assert len(files) > 3 and not [f for f in files if f.name.endswith(".tmp") or f.name.startswith(".")]
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o644)}

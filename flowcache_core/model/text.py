@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write
 from flowcache_core.world import WORLD_VOCAB
 
 PAD, UNK = "<pad>", "<unk>"
@@ -128,14 +128,8 @@ def save_text_encoder(encoder: WordTextEncoder, directory: str) -> None:
     meta = {"type": "word", "config": {**asdict(encoder.config), "vocab": list(encoder.config.vocab)}}
     for name, write in ((WEIGHTS_FILE, lambda p: save_file(state, p)),
                         (CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))):
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, os.path.join(directory, name))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(os.path.join(directory, name)) as tmp:
+            write(str(tmp))
 
 
 def load_text_encoder(directory: str, device: str | torch.device = "cpu") -> WordTextEncoder:

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -107,12 +108,10 @@ def save_weights(model_or_sd, ckpt_dir: str | os.PathLike, max_shard_bytes: int 
         _atomic_save(part, d / name, metadata)
         weight_map.update({k: name for k in part})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    tmp = d / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, d / INDEX_NAME)
+    with atomic_write(d / INDEX_NAME, ".json") as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
 
 
 def _atomic_save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_write(path, ".safetensors") as tmp:
+        save_file(sd, str(tmp), metadata=metadata)

@@ -1,0 +1,57 @@
+"""Writing files so that nothing already there is lost: a temp file beside the destination, renamed onto it
+only when complete, with the permissions a plain `open()` would give (mkstemp and safetensors make 0600)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from flowcache_core.errors import FlowcacheError
+
+
+def usual_mode(path: str | os.PathLike) -> None:
+    """chmod to 0o666 & ~umask, what a file created with open() gets."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (before any expensive work) if `path` cannot be written: missing or read-only folder,
+    or the path is a folder. Returns the path as a Path."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise FlowcacheError(f"output path {path} is a folder; give a file name")
+    if not parent.exists():
+        raise FlowcacheError(f"output folder {parent} of {path} does not exist; create it first")
+    if not parent.is_dir():
+        raise FlowcacheError(f"output folder {parent} of {path} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FlowcacheError(f"output folder {parent} of {path} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FlowcacheError(f"output file {path} exists and is read-only")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a fresh hidden temp path beside `path` (same folder, so the rename is atomic); when the block
+    succeeds, give it the usual mode and rename it onto `path`; otherwise remove it."""
+    path = check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:
+        raise FlowcacheError(f"cannot write in folder {path.parent}: {e.strerror}") from None
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        usual_mode(tmp)  # after the writer: some (safetensors) recreate the file with mode 0600
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a successful rename
