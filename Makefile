@@ -17,8 +17,11 @@ lint:
 	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests
 	$(PY) -m pyflakes flowcache_core flowcache_cli bench tests
 
-default-model:      ## on a GPU: train the default model (seed 0), export to out/train/default_model
-	$(PY) -m flowcache_core.train --out out/train --time-limit 400 --seed 0
+TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 128 --workers 12
+default-model:      ## on a GPU: the shipped default model's three phases (seed 0), exported to out/train/default_model
+	$(TRAIN) --no-resume --steps 7000 --time-limit 505
+	$(TRAIN) --steps 7000 --time-limit 505 --fit-to-time
+	$(TRAIN) --steps 20000 --time-limit 500 --fit-to-time --warm-restart --warmup 200 --lr 4e-4 --rope-bands 0.70,0.32,1.4,0.15
 
 lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
 	sh scripts/fetch_lpips_weights.sh
