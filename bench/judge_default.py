@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50, help="held-out captions / sampling seeds 0..n-1")
     ap.add_argument("--num-steps", type=int, default=None, help="default: the model's (32)")
     ap.add_argument("--checkpoint-dir", default=None)
+    ap.add_argument("--cfg-number", type=int, default=None, help="1 or 3 (default: the model's, 1)")
     ap.add_argument("--no-continuation", action="store_true", help="skip the i2v / v2v part")
     ap.add_argument("--out", default=str(RESULTS / "judge_default.json"))
     ap.add_argument("--sheet", default=None, help="contact sheet PNG (default: beside --out, _sheet.png)")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, videos, secs = [], [], []
     for i, cap in enumerate(captions):
         t0 = time.perf_counter()
-        v = generate(cap, bundle=b, seed=i, num_steps=steps).frames
+        v = generate(cap, bundle=b, seed=i, num_steps=steps, cfg_number=a.cfg_number).frames
         secs.append(time.perf_counter() - t0)
         colour, shape, direction = parse_caption(cap)
         j = judge_video(v)
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_continuation:
         for i, cap in enumerate(captions):
             clip = render_caption(cap, seed=i, num_frames=T, height=H, width=W).frames
-            gi = generate(cap, mode="i2v", image=clip[0], bundle=b, seed=i, num_steps=steps).frames[1:]
-            gv = generate(cap, mode="v2v", prefix_video=clip[:V2V_PREFIX_FRAMES], bundle=b, seed=i, num_steps=steps).frames
+            gi = generate(cap, mode="i2v", image=clip[0], bundle=b, seed=i, num_steps=steps, cfg_number=a.cfg_number).frames[1:]
+            gv = generate(cap, mode="v2v", prefix_video=clip[:V2V_PREFIX_FRAMES], bundle=b, seed=i, num_steps=steps, cfg_number=a.cfg_number).frames
             prefix_colour = judge_video(clip[:V2V_PREFIX_FRAMES]).colour
             for mode, g in (("i2v", gi), ("v2v", gv)):
                 r = colour_kept(cap, g)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         v2v=None if res["v2v_colour_kept"] is None else res["v2v_colour_kept"] >= GOALS["continuation_colour"],
     )  # fmt: skip
     report = dict(
-        benchmark="judge_default (issue 4, acceptance 2-4)", model=str(b.path), num_steps=steps, n=a.n,
+        benchmark="judge_default (issue 4, acceptance 2-4)", model=str(b.path), num_steps=steps, cfg_number=a.cfg_number or rt.cfg_number, n=a.n,
         caption_seed=CAPTION_SEED, sampling_seeds=f"0..{a.n - 1}", chunk_frames=chunk_frames,
         held_out_note="training world seeds are seed*10^8 + i*batch (WorldStream, shipped model trained with seed 0); "
                       "captions come from held_out_single_object_captions(424242), a separate generator",
