@@ -272,3 +272,9 @@ def test_cli_generate_on_a_release(release, tmp_path):
     bad = CliRunner().invoke(app, ["generate", "--mode", "t2v", "--prompt", "x", "--checkpoint-dir", str(root),
                                    "--variant", "7B_turbo", "--output-path", str(tmp_path / "b.mp4")])
     assert bad.exit_code == 2 and "7B_turbo" in bad.output and not (tmp_path / "b.mp4").exists()
+
+
+def test_a_vae_config_the_loader_would_refuse_cannot_be_built(tmp_path):
+    with pytest.raises(FlowcacheError) as e:
+        ViTVAE(ViTVAEConfig(embed_dim=64, depth=1, num_heads=4, video_size=64, video_length=8))
+    assert "embed_dim 64" in _one_line(e)

@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write
 
 VAE_CLASS_NAME = "ViTVAE"
 VAE_CONFIG_NAME = "config.json"
@@ -252,7 +253,7 @@ class ViTDecoder(_Trunk):
 class ViTVAE(nn.Module):
     def __init__(self, cfg: ViTVAEConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg.validate("ViT VAE config")  # a shape the decoder cannot unpatch fails here, not at load time
         self.encoder, self.decoder = ViTEncoder(cfg), ViTDecoder(cfg)
 
     def encode_mode(self, x: Tensor) -> Tensor:
@@ -427,6 +428,8 @@ def save_vit_vae(vae: ViTVAE, directory: str | os.PathLike, dtype: torch.dtype |
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in vae.state_dict().items()}
-    save_file(sd, str(d / VAE_WEIGHTS_NAME))
+    with atomic_write(d / VAE_WEIGHTS_NAME, ".safetensors") as tmp:
+        save_file(sd, str(tmp))
     meta = {"_class_name": VAE_CLASS_NAME, "_diffusers_version": "0.29.2", "ddconfig": asdict(vae.cfg), "model_type": "vit"}
-    (d / VAE_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_write(d / VAE_CONFIG_NAME, ".json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
