@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the default model on the GPU machine, one call (at most 10 minutes) at a time: optionally two short
-# identical runs (reproducibility), then the main run under a time limit. The shipped model is two calls:
+# identical runs (reproducibility), then the main run under a time limit. The shipped model is three calls
+# (the three lines of `make default-model`), for example:
 #   call 1: STEPS=H TIME_LIMIT=S bash bench/train_default_gpu.sh                 (fresh; cosine horizon H)
 #   call 2: STEPS=H TIME_LIMIT=S FIT=1 RESUME=1 bash bench/train_default_gpu.sh  (resumes /tmp/main/state on a
 #           warm machine, or RESUME_FROM=<returned state dir>; the horizon shrinks to end with the time limit)

@@ -26,6 +26,7 @@ from flowcache_core.cache.policy import (
 )  # fmt: skip
 from flowcache_core.config import MagiConfig, RuntimeConfig
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import usual_mode
 from flowcache_core.model.attention import ATTN_BACKENDS, check_backend
 from flowcache_core.pipeline import ForwardEvent
 from flowcache_core.progress import ProgressView, summary_table
@@ -117,7 +118,7 @@ class JsonLog:
         if self._f is not None:
             self._f.close()
             self._f = None
-            os.chmod(self._tmp, 0o644)
+            usual_mode(self._tmp)
             os.replace(self._tmp, self.path)
             self._tmp = None
 

@@ -490,7 +490,7 @@ def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], me
     that exists without a record (its process died between the rename and the manifest line) is listed
     with `"record": null`. `complete` says whether every video of `items` exists.
     """
-    from flowcache_core.video import atomic_write_text
+    from flowcache_core.fileio import atomic_write_text
 
     out = Path(output_dir)
     records: dict[str, dict] = {}

@@ -23,14 +23,8 @@ import numpy as np
 
 from flowcache_core import metrics
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.video import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    atomic_write_text,
-    check_output_path,
-    read_image,
-    read_video,
-)
+from flowcache_core.fileio import atomic_write_text, check_output_path
+from flowcache_core.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image, read_video
 
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 

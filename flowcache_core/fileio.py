@@ -55,3 +55,14 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp"):
             raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (JSON, CSV) through `atomic_write`; returns the path."""
+    path = Path(path)
+    try:
+        with atomic_write(path, path.suffix) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
+    return path

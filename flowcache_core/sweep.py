@@ -30,7 +30,7 @@ from flowcache_core.api import generate
 from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES, CacheConfig
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write
+from flowcache_core.fileio import atomic_write, atomic_write_text
 from flowcache_core.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
 from flowcache_core.world import held_out_single_object_captions
 
@@ -412,14 +412,9 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return d
 
 
-
-
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
     """JSON (inf as "inf"), temp file + rename."""
-    p = Path(path)
-    with atomic_write(p, ".json") as tmp:
-        tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
-    return p
+    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def pareto_plot(summaries: list[SettingSummary], path_png: str | os.PathLike, title: str = "") -> str:

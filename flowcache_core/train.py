@@ -177,6 +177,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
     t0 = time.perf_counter()
     start_step = step
+    s0 = start_step if tc.warm_restart else 0  # the learning-rate schedule's origin
     t_rate = t0
     losses = []
     history = []
@@ -192,7 +193,6 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.98))
         if step == start_step + 50:  # after start-up (workers, allocator)
             t_rate = time.perf_counter()
-        s0 = start_step if tc.warm_restart else 0  # the schedule's origin
         lr = tc.lr * min(1.0, (step - s0 + 1) / tc.warmup) * 0.5 * (
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
@@ -348,6 +348,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
     ap.add_argument("--export-only", action="store_true", help="write OUT/default_model from OUT/state (no training)")
     a = ap.parse_args(argv)
+    bands = None
+    if a.rope_bands:
+        try:
+            bands = tuple(float(x) for x in a.rope_bands.split(","))
+        except ValueError:
+            ap.error(f"--rope-bands {a.rope_bands!r}: comma-separated numbers expected")
+        n = default_model_config().model.kv_channels // 8
+        if len(bands) != n:
+            ap.error(f"--rope-bands {a.rope_bands!r}: the default model has {n} bands per axis, got {len(bands)}")
     if a.export_only:
         export_from_state(Path(a.out))
         return
@@ -356,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     tc = TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit,
                      fit_to_time=a.fit_to_time, warm_restart=a.warm_restart, warmup=a.warmup,
-                     rope_bands=tuple(float(x) for x in a.rope_bands.split(",")) if a.rope_bands else None)
+                     rope_bands=bands)
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))
     print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write, check_output_path  # noqa: F401 (re-exported)
+from flowcache_core.fileio import atomic_write, check_output_path
 
 DEFAULT_CRF = 12
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -73,17 +73,6 @@ def _ffmpeg_reason(stderr: str) -> str:
         if not ln.startswith(skip):
             return re.sub(r"^\[[^\]]*\]\s*", "", ln)
     return lines[-1] if lines else "no message"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file (JSON, CSV) through a temp file in the same folder and a rename."""
-    path = check_output_path(path)
-    try:
-        with atomic_write(path, path.suffix) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------

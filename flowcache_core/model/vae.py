@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write
+from flowcache_core.fileio import atomic_write, atomic_write_text
 
 VAE_CLASS_NAME = "ViTVAE"
 VAE_CONFIG_NAME = "config.json"
@@ -431,5 +431,4 @@ def save_vit_vae(vae: ViTVAE, directory: str | os.PathLike, dtype: torch.dtype |
     with atomic_write(d / VAE_WEIGHTS_NAME, ".safetensors") as tmp:
         save_file(sd, str(tmp))
     meta = {"_class_name": VAE_CLASS_NAME, "_diffusers_version": "0.29.2", "ddconfig": asdict(vae.cfg), "model_type": "vit"}
-    with atomic_write(d / VAE_CONFIG_NAME, ".json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(d / VAE_CONFIG_NAME, json.dumps(meta, indent=2) + "\n")

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write
+from flowcache_core.fileio import atomic_write, atomic_write_text
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -108,8 +108,7 @@ def save_weights(model_or_sd, ckpt_dir: str | os.PathLike, max_shard_bytes: int 
         _atomic_save(part, d / name, metadata)
         weight_map.update({k: name for k in part})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with atomic_write(d / INDEX_NAME, ".json") as tmp:
-        tmp.write_text(json.dumps(index, indent=2))
+    atomic_write_text(d / INDEX_NAME, json.dumps(index, indent=2))
 
 
 def _atomic_save(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
