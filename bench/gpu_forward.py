@@ -73,7 +73,7 @@ def attention_agreement() -> dict:
 
 
 @torch.no_grad()
-def skip_and_overhead(model, batch, store, mc, L: int, tpf: int) -> dict:
+def skip_and_overhead(model, batch, store, mc, L: int, tpf: int, window: int = 4) -> dict:
     """Issue 7 goal 4: what a skipped chunk costs (forwards of the same window with 1..4 chunks computed; a
     skipped chunk still pays its feature = patch embedding, and the policy's decision), and the policy +
     compressor overhead against the full forward."""
@@ -105,16 +105,27 @@ def skip_and_overhead(model, batch, store, mc, L: int, tpf: int) -> dict:
     policy.update(steps, [d for d in policy.decide(steps)], {c: batch.x[j] for j, c in enumerate(batch.chunk_ids)},
                   {c: batch.x[j] for j, c in enumerate(batch.chunk_ids)})
     pol = statistics.median(time_cuda(lambda: policy.decide(steps), 2, 10)) + n * feat
+    # One compression event per layer: 3 clean chunks' K/V (B_total 6 with a window of 4 after a chunk turned
+    # clean) down to 2, scored with the newest chunk's queries at each query granularity.
     keys = torch.randn(2 * L, mc.num_query_groups, mc.kv_channels, device="cuda", dtype=torch.bfloat16)
     q = torch.randn(L, mc.num_attention_heads, mc.kv_channels, device="cuda", dtype=torch.bfloat16)
-    comp = KVCompressor("token", "chunk", 0.07)
     pos = torch.arange(2 * L, device="cuda")
-    one = statistics.median(time_cuda(lambda: compress_clean(keys, keys, pos, pos // L, q, compressor=comp,
-                                                             tokens_per_frame=tpf, tokens_per_chunk=L, budget=L), 1, 3))
     full = by_k[n]
+    # The sampler emits a chunk (one compression event) every num_steps / window forwards.
+    forwards_per_event = {steps: steps / window for steps in (64, 32)}
+    events = {}
+    for gran in ("chunk", "frame", "token"):
+        comp = KVCompressor("token", gran, 0.07)
+        one = statistics.median(time_cuda(lambda: compress_clean(
+            keys, keys, pos, pos // L, q, compressor=comp, tokens_per_frame=tpf, tokens_per_chunk=L, budget=L), 1, 3))
+        event = one * mc.num_layers
+        events[gran] = {"event_s": event, "event_vs_full_forward": event / full,
+                        **{f"per_forward_at_{k}_steps": event / f / full for k, f in forwards_per_event.items()}}
     return {"forward_s_by_computed_chunks": by_k, "skipped_chunk_cost_vs_computed": feat / per_chunk,
-            "policy_s_per_forward": pol, "compression_s": one * mc.num_layers,
-            "overhead_vs_full_forward": {"policy": pol / full, "compression_per_event": one * mc.num_layers / full}}
+            "policy_s_per_forward": pol, "compression_s": events["chunk"]["event_s"], "compression_by_query_granularity": events,
+            "overhead_vs_full_forward": {"policy": pol / full, "compression_per_event": events["chunk"]["event_vs_full_forward"],
+                                         "policy_plus_compression_per_forward_at_64_steps":
+                                             (pol + events["chunk"]["event_s"] / forwards_per_event[64]) / full}}
 
 
 @torch.no_grad()
@@ -122,6 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/gpu_forward.json")
     ap.add_argument("--layers", type=int, default=None, help="fewer layers for a quick look (FLOPs scale)")
+    ap.add_argument("--profile", action="store_true", help="also: one forward under torch.profiler, top kernels")
     ap.add_argument("--skip-cost", action="store_true", help="also: forwards with 1..4 computed chunks, policy and compressor overhead")
     a = ap.parse_args()
     dev = "cuda"
@@ -161,8 +173,16 @@ def main() -> None:
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "attention_rel_err_vs_fp64": attention_agreement(), "backends": available_backends(),
     }
+    if a.profile:  # where the time of one forward goes, by kernel
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fwd()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
+        res["profile_top_kernels"] = table
+        print(table)
     if a.skip_cost:
-        res.update(skip_and_overhead(model, batch, store, mc, L, tpf=(h // 2) ** 2))
+        res.update(skip_and_overhead(model, batch, store, mc, L, tpf=(h // 2) ** 2, window=cfg.runtime.window_size))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
     print(f"{'gpu':24s} {res['gpu']}")
@@ -171,7 +191,7 @@ def main() -> None:
         print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
     print(f"{'attention rel err':24s} {res['attention_rel_err_vs_fp64']}")
     for k in ["forward_s_by_computed_chunks", "skipped_chunk_cost_vs_computed", "policy_s_per_forward",
-              "compression_s", "overhead_vs_full_forward"]:
+              "compression_s", "compression_by_query_granularity", "overhead_vs_full_forward"]:
         if k in res:
             print(f"{k:24s} {res[k]}")
 

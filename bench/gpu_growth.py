@@ -27,7 +27,12 @@ from flowcache_core.model.dit import build_model  # noqa: E402
 from flowcache_core.pipeline import ChunkEmitted, Sampler, TextCondition  # noqa: E402
 
 
-def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows: list[dict]) -> list[dict]:
+class TimeUp(Exception):
+    """The run passed --max-seconds (its rows so far are kept)."""
+
+
+def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows: list[dict],
+        max_seconds: float = float("inf")) -> list[dict]:
     rt = cfg.runtime
     C, h = cfg.model.in_channels, rt.video_size_h // 8
     g = torch.Generator().manual_seed(0)
@@ -38,6 +43,7 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows:
     tpf = (h // p) ** 2
     store = make_store(cfg.model, CacheConfig("none", total_cache_chunk_nums=budget), rt.chunk_width * tpf, tpf)
     last = [time.perf_counter()]
+    start = last[0]
 
     def on_event(e):
         if isinstance(e, ChunkEmitted):
@@ -50,6 +56,8 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows:
             last[0] = now
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
+            if now - start > max_seconds:
+                raise TimeUp
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -67,6 +75,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a small model and 64x64 latents, for a smoke test")
+    ap.add_argument("--max-seconds", type=float, default=float("inf"),
+                    help="stop a run after this long (the uncompressed one slows down as it grows)")
     ap.add_argument("--out", default="bench/results/gpu_growth.json")
     a = ap.parse_args()
     cfg = magi_4_5b(distill=True)
@@ -88,16 +98,32 @@ def main() -> None:
         t = time.perf_counter()
         rows: list[dict] = []
         try:
-            run(model, cfg, a.chunks, budget, a.device, lc=120 if not a.tiny else 8, rows=rows)
+            run(model, cfg, a.chunks, budget, a.device, lc=120 if not a.tiny else 8, rows=rows, max_seconds=a.max_seconds)
         except torch.cuda.OutOfMemoryError:
             res[name + "_out_of_memory_after_chunks"] = len(rows)
             print(f"{name}: out of GPU memory after {len(rows)} chunks")
+        except TimeUp:
+            res[name + "_stopped_after_chunks"] = len(rows)
+            print(f"{name}: stopped after {len(rows)} chunks (--max-seconds {a.max_seconds:g})")
         res["runs"][name] = rows
         res["runs"][name + "_total_s"] = time.perf_counter() - t
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2))
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2))  # after each run: a later one may not finish
+    # Chunks 4 .. n-window: the store is full and every emitted chunk compresses; the last window-1 chunks come
+    # out of a draining window (fewer chunks per forward), so they are faster and left out.
+    steady = res["runs"][f"B_total_{a.budget}"][4 : a.chunks - (cfg.runtime.window_size - 1)]
+    if steady:
+        secs = sorted(r["seconds"] for r in steady)
+        mems = [r["peak_mem_gib"] for r in steady if r["peak_mem_gib"] is not None]
+        res["compressed_steady"] = {
+            "chunks": [steady[0]["chunk"], steady[-1]["chunk"]], "seconds_median": secs[len(secs) // 2],
+            "seconds_spread": (secs[-1] - secs[0]) / secs[len(secs) // 2],
+            "peak_mem_spread": (max(mems) - min(mems)) / max(mems) if mems else None}
+        Path(a.out).write_text(json.dumps(res, indent=2))
+        print(f"compressed, chunks {steady[0]['chunk']}-{steady[-1]['chunk']}: median {secs[len(secs) // 2]:.3f}s per chunk, "
+              f"spread {res['compressed_steady']['seconds_spread']:.1%}, peak-memory spread {res['compressed_steady']['peak_mem_spread']}")
     print(f"{'chunk':>5} " + " ".join(f"{n:>26}" for n in res["runs"] if not n.endswith("_s")))
     names = [n for n in res["runs"] if not n.endswith("_s")]
     for i in range(a.chunks):

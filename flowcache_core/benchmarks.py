@@ -545,12 +545,13 @@ def init_distributed(shard: Shard, device: str) -> str:
         return device
     if device == "cuda":
         device = f"cuda:{shard.local_rank}"
-    backend = "gloo"
+    backend, bound = "gloo", {}
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(torch.device(device))
-        backend = "nccl"
+        # NCCL told which GPU is this rank's: it need not guess from the rank (and warn) at the barrier
+        backend, bound = "nccl", {"device_id": torch.device(device)}
     if not dist.is_initialized():  # runs differ in length across ranks by up to a video: a generous timeout
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12), **bound)
     return device
 
 

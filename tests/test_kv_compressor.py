@@ -155,3 +155,20 @@ def test_importance_in_query_blocks_equals_direct(monkeypatch):
         for h in range(2)
     ])
     torch.testing.assert_close(kv_compressor.importance_pre_pool(keys, q), direct, rtol=1e-5, atol=1e-7)
+
+
+def test_half_precision_keys_score_close_to_float32():
+    # A bf16 model's K/V are scored with bf16 logits and a float32 softmax (the cheap path on a GPU): the
+    # importance must stay within bf16 rounding of the float32 one and keep nearly the same tokens.
+    g = torch.Generator().manual_seed(11)
+    keys = torch.randn(512, 2, 32, generator=g) * 2.0
+    q = torch.randn(256, 6, 32, generator=g) * 2.0
+    ref = kv_compressor.importance_pre_pool(keys, q)
+    half = kv_compressor.importance_pre_pool(keys.bfloat16(), q.bfloat16())
+    assert half.dtype == torch.float32
+    assert ((half - ref).abs().max() / ref.max()).item() < 0.03
+    comp = KVCompressor("token", "chunk", 0.07)
+    a = comp.select(keys, q, 16, 64, 256).indices
+    b = comp.select(keys.bfloat16(), q.bfloat16(), 16, 64, 256).indices
+    overlap = np.mean([len(set(a[h].tolist()) & set(b[h].tolist())) / 256 for h in range(2)])
+    assert overlap >= 0.9, overlap

@@ -46,18 +46,32 @@ def select_queries(queries: Tensor, granularity: str, tokens_per_frame: int) -> 
 
 
 def importance_pre_pool(keys: Tensor, queries: Tensor) -> Tensor:
-    """mean over queries of softmax over keys of the group-max logits: (Hkv, L) float32."""
+    """mean over queries of softmax over keys of the group-max logits: (Hkv, L) float32.
+
+    float32 K/V: float32 throughout (the published arithmetic). bf16/fp16 K/V (a bf16 model): the logits
+    come from a half-precision matmul (float32 accumulation, as the model's own attention computes them) and
+    the softmax and the mean are float32; this is what makes an event cheap next to a forward at full scale.
+    """
     L, hkv, hd = keys.shape
     lq, hq, _ = queries.shape
     if hq % hkv:
         raise ValueError(f"{hq} query heads do not split into {hkv} KV groups")
-    k = keys.float().permute(1, 2, 0)                                   # (Hkv, hd, L)
-    q = queries.float().reshape(lq, hkv, hq // hkv, hd).permute(1, 2, 0, 3)  # (Hkv, g, Lq, hd)
-    block = max(1, _BLOCK_ELEMENTS // (hq * L))                         # queries per block
+    half = keys.dtype in (torch.bfloat16, torch.float16)
+    if half:
+        k = keys.permute(1, 2, 0)                                       # (Hkv, hd, L)
+        q = (queries.to(keys.dtype) * (1.0 / math.sqrt(hd))).reshape(lq, hkv, hq // hkv, hd).permute(1, 2, 0, 3)
+    else:
+        k = keys.float().permute(1, 2, 0)                               # (Hkv, hd, L)
+        q = queries.float().reshape(lq, hkv, hq // hkv, hd).permute(1, 2, 0, 3)  # (Hkv, g, Lq, hd)
+    block = max(1, _BLOCK_ELEMENTS // (hq * L) * (2 if half else 1))   # queries per block
     total = torch.zeros(hkv, L, device=keys.device)
     for lo in range(0, lq, block):
-        logits = torch.matmul(q[:, :, lo:lo + block], k.unsqueeze(1)) / math.sqrt(hd)  # (Hkv, g, b, L)
-        total += logits.amax(dim=1).softmax(dim=-1).sum(dim=1)          # (Hkv, L)
+        if half:
+            logits = torch.matmul(q[:, :, lo:lo + block], k.unsqueeze(1))  # (Hkv, g, b, L), already scaled
+            total += torch.softmax(logits.amax(dim=1), dim=-1, dtype=torch.float32).sum(dim=1)
+        else:
+            logits = torch.matmul(q[:, :, lo:lo + block], k.unsqueeze(1)) / math.sqrt(hd)  # (Hkv, g, b, L)
+            total += logits.amax(dim=1).softmax(dim=-1).sum(dim=1)      # (Hkv, L)
     return total / lq
 
 
