@@ -56,22 +56,30 @@ class ChunkBatch:
 # --------------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------------
+def _layer_norm(x: torch.Tensor, shape, gain: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm in the input's dtype: the kernel accumulates in float32 for bf16/fp16 input too, so a
+    half-precision model reads and writes half the bytes (no float32 copy of the activations); the
+    float32 params (gain, bias) are rounded to that dtype once per call."""
+    return F.layer_norm(x, shape, gain.to(x.dtype), bias.to(x.dtype), eps)
+
+
 class LayerNorm1p(nn.LayerNorm):
-    """LayerNorm whose effective gain is 1 + weight (MAGI-1's apply_layernorm_1p); computed in float32."""
+    """LayerNorm whose effective gain is 1 + weight (MAGI-1's apply_layernorm_1p); output in the input's dtype
+    (pass float32 for a float32 result)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps)
         nn.init.zeros_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float() + 1, self.bias.float(), self.eps)
+        return _layer_norm(x, self.normalized_shape, self.weight.float() + 1, self.bias, self.eps)
 
 
 class LayerNormF32(nn.LayerNorm):
-    """Plain LayerNorm computed in float32, cast back to the input dtype."""
+    """Plain LayerNorm with float32 statistics (and float32 params), output in the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+        return _layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class TimestepEmbedder(nn.Module):
@@ -133,11 +141,18 @@ class LearnableRoPE(nn.Module):
 
     @staticmethod
     def apply(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-        """x: (..., S, H, hd) float32; sin/cos (..., S, r), 2r <= hd: rotate dims [:r] with [r:2r]."""
+        """x: (..., S, H, hd); sin/cos (..., S, r) float32, 2r <= hd: rotate dims [:r] with [r:2r] (in x's dtype)."""
         r = sin.shape[-1]
-        x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
-        s, c = sin[..., None, :], cos[..., None, :]
-        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
+        x1, x2 = x[..., :r], x[..., r : 2 * r]
+        s, c = sin[..., None, :].to(x.dtype), cos[..., None, :].to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):  # training: autograd needs out-of-place
+            return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, x[..., 2 * r :]], dim=-1)
+        out = torch.empty_like(x)  # inference: written in place, no temporaries, no concatenation
+        o1, o2 = out[..., :r], out[..., r : 2 * r]
+        torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-1.0)  # x1·cos − x2·sin
+        torch.mul(x2, c, out=o2).addcmul_(x1, s)  # x2·cos + x1·sin
+        out[..., 2 * r :] = x[..., 2 * r :]
+        return out
 
 
 class LinearQKV(nn.Module):
@@ -209,10 +224,10 @@ class TransformerLayer(nn.Module):
         Hq, Hkv, hd = sa.Hq, sa.Hkv, sa.hd
         h = sa.linear_qkv.layer_norm(x)  # (B, n, L, D)
 
-        # Self-attention inputs: per-head 1p-LayerNorm then RoPE (absolute positions), in float32.
+        # Self-attention inputs: per-head 1p-LayerNorm then RoPE (absolute positions), in the model's dtype.
         sin, cos = ctx.rope  # (n, L, r) each
-        q = LearnableRoPE.apply(sa.q_layernorm(sa.linear_qkv.q(h).view(B, n, L, Hq, hd)), sin, cos).to(x.dtype)
-        k = LearnableRoPE.apply(sa.k_layernorm(sa.linear_qkv.k(h).view(B, n, L, Hkv, hd)), sin, cos).to(x.dtype)
+        q = LearnableRoPE.apply(sa.q_layernorm(sa.linear_qkv.q(h).view(B, n, L, Hq, hd)), sin, cos)
+        k = LearnableRoPE.apply(sa.k_layernorm(sa.linear_qkv.k(h).view(B, n, L, Hkv, hd)), sin, cos)
         v = sa.linear_qkv.v(h).view(B, n, L, Hkv, hd)
         self_out = self._block_causal_attention(q, k, v, ctx)  # (B, n, L, Hq, hd)
 
@@ -222,17 +237,20 @@ class TransformerLayer(nn.Module):
         kx = sa.k_layernorm_xattn(kvx[..., :hd]).to(x.dtype)
         vx = kvx[..., hd:]
         cross_out = attend(qx, kx, vx, mask=ctx.caption_attn_mask, backend=ctx.backend)
-        cross_out = cross_out * ctx.caption_any  # a chunk without caption tokens gets zero cross-attention output
+        if ctx.caption_any is not None:  # a chunk without caption tokens gets zero cross-attention output
+            cross_out = cross_out * ctx.caption_any
 
-        # [self | cross] interleaved in 8 head groups before the shared output projection (MAGI-1's TP8 layout).
-        a = torch.cat([self_out.reshape(B, n, L, Hq * hd), cross_out.reshape(B, n, L, Hq * hd)], dim=-1)
-        a = rearrange(a, "b n l (two g d) -> b n l (g two d)", two=2, g=8)
-        a = sa.linear_proj(a)
+        # The output projection reads [self | cross] interleaved in 8 head groups (MAGI-1's TP8 layout): rather
+        # than interleaving the activations (two copies of them), split its weight into self and cross columns
+        # and sum the two products (the second accumulates onto the first in the matmul).
+        w = sa.linear_proj.weight.view(D, 8, 2, -1)  # (D, group, self/cross, Hq*hd/8)
+        a = F.linear(self_out.reshape(-1, Hq * hd), w[:, :, 0].reshape(D, -1))
+        a = torch.addmm(a, cross_out.reshape(-1, Hq * hd), w[:, :, 1].reshape(D, -1).t()).view(B, n, L, D)
 
-        gate_msa, gate_mlp = ctx.gates[self.layer_number]  # (B, n, 1, D) each, float32
-        x = (self.self_attn_post_norm(a.float() * gate_msa) + x.float()).to(x.dtype)
+        gate_msa, gate_mlp = ctx.gates[self.layer_number]  # (B, n, 1, D) each, in x's dtype
+        x = x + self.self_attn_post_norm(a * gate_msa)
         m = self.mlp(x)
-        x = (self.mlp_post_norm(m.float() * gate_mlp) + x.float()).to(x.dtype)
+        x = x + self.mlp_post_norm(m * gate_mlp)
         return x
 
     def _block_causal_attention(self, q, k, v, ctx: "_LayerContext") -> torch.Tensor:
@@ -283,7 +301,7 @@ class _LayerContext:
     rope: tuple[torch.Tensor, torch.Tensor]  # sin, cos (n, L, r)
     caption_tokens: torch.Tensor  # (B*n, Lc, D) projected captions, padded
     caption_attn_mask: torch.Tensor  # (B*n, 1, 1, Lc) bool
-    caption_any: torch.Tensor  # (B*n, 1, 1, 1): 0 for rows without a valid caption token
+    caption_any: torch.Tensor | None  # (B*n, 1, 1, 1): 0 for rows without a valid caption token; None: all have one
     dense_mask: torch.Tensor | None  # (n*L, n*L) bool block-causal mask when no store is used
     row_spans: list[tuple[int, int]] | None  # per row, the rows [a, e) it attends to, when contiguous
     gates: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: gate_msa, gate_mlp (B, n, 1, D)
@@ -381,7 +399,7 @@ class VideoDiT(nn.Module):
         caption_tokens = self.y_embedder.y_proj_xattn(cap.flatten(0, 1)[:, :used].float()).to(dtype)
         any_valid = mask.any(1)
         attn_mask = (mask | ~any_valid[:, None])[:, None, None, :]  # rows with no token attend anywhere, then zeroed
-        caption_any = any_valid.to(dtype)[:, None, None, None]
+        caption_any = None if bool(any_valid.all()) else any_valid.to(dtype)[:, None, None, None]
 
         dense_mask, row_spans = None, None
         if kv is None:
@@ -402,7 +420,7 @@ class VideoDiT(nn.Module):
         gates = []
         for layer in self.videodit_blocks.layers:
             g = torch.tanh(layer.ada_modulate_layer.proj(silu_cond).float()).view(B, n, 1, -1)  # (B, n, 1, 2D)
-            gm, gf = g.chunk(2, dim=-1)
+            gm, gf = g.to(dtype).chunk(2, dim=-1)
             gates.append((gm, gf))
 
         ctx = _LayerContext(batch, kv, rope, caption_tokens, attn_mask, caption_any, dense_mask, row_spans, gates,
@@ -410,7 +428,7 @@ class VideoDiT(nn.Module):
         for layer in self.videodit_blocks.layers:
             x = layer(x, ctx)
 
-        x = self.videodit_blocks.final_layernorm(x)  # float32
+        x = self.videodit_blocks.final_layernorm(x.float())  # float32 from here on
         out = self.final_linear.linear(x.to(self.final_linear.linear.weight.dtype)).float()
         v = rearrange(out, "b n (t hh ww) (ph pw c) -> b n c t (hh ph) (ww pw)", t=T, hh=H, ww=W, ph=p, pw=p)
         if cfg.half_channel_vae:
