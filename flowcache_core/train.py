@@ -68,6 +68,13 @@ class TrainConfig:
     warm_restart: bool = False  # a resumed run starts a new warmup + cosine from its first step
     rope_bands: tuple[float, ...] | None = None  # set the RoPE bands (after resuming) to these values
     num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
+    # Fine-tuning (phase 4 of `make default-model`; see the README for why):
+    init_from: str | None = None  # start from this bundle's weights (fresh optimizer), e.g. the shipped model
+    text_embed_norm: float | None = None  # rescale the word embeddings to this mean norm at the start
+    text_lr_mult: float = 1.0  # the text encoder's learning rate = lr * this (its word embeddings: no decay)
+    chunk0_frac: float = 0.0  # this share of steps draws a forward that denoises chunk 0 (no context)
+    context_dropout: float = 0.0  # each window row sees only itself with this probability
+    context_noise: float = 0.0  # clean context rows are noised to t ~ U[1 - this, 1] (still labelled clean)
 
 
 class WorldStream(torch.utils.data.IterableDataset):
@@ -93,8 +100,15 @@ def _grid(u: torch.Tensor) -> torch.Tensor:
 
 def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConfig, frames: torch.Tensor,
                    captions: list[str], plan, gen: torch.Generator, num_steps: int,
-                   dev_gen: torch.Generator | None = None):
-    """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan."""
+                   dev_gen: torch.Generator | None = None, chunk0_frac: float = 0.0,
+                   context_dropout: float = 0.0, context_noise: float = 0.0):
+    """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan.
+
+    chunk0_frac: share of forwards drawn among those that denoise chunk 0 (where only the caption tells the
+    colour and motion); context_dropout: a window row sees only itself with this probability (the caption must
+    carry it); context_noise: clean context is noised to t ~ U[1-a, 1] but still labelled clean, so the model
+    learns to continue imperfect (generated) context instead of shrinking it chunk after chunk.
+    """
     rt = cfg.runtime
     dev = next(model.parameters()).device
     dev_gen = dev_gen or gen
@@ -102,7 +116,10 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     cw = rt.chunk_width
     x1 = (frames.to(dev).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)  # (B, 3, T, H, W)
     x1 = SpaceToDepthCodec(4, 1).encode(x1)  # (B, C, T, h, w)
-    f = plan[int(torch.randint(len(plan), (1,), generator=gen))]
+    pool = plan
+    if chunk0_frac > 0 and float(torch.rand(1, generator=gen)) < chunk0_frac:
+        pool = [f for f in plan if f.denoising[0].chunk_id == 0] or plan
+    f = pool[int(torch.randint(len(pool), (1,), generator=gen))]
     den = f.denoising
     first = den[0].chunk_id
     lo = min(r.kv_start for r in den)
@@ -110,6 +127,9 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     ids = clean_ids + [r.chunk_id for r in den]
     n = len(ids)
     starts = clean_ids + [r.kv_start for r in den]  # clean chunks see only themselves
+    if context_dropout > 0:
+        alone = torch.rand(len(den), generator=gen) < context_dropout
+        starts = clean_ids + [r.chunk_id if bool(a) else r.kv_start for r, a in zip(den, alone)]
     chunks = torch.stack([x1[:, :, c * cw:(c + 1) * cw] for c in ids], 1)  # (B, n, C, cw, h, w)
     # Noise levels: clean rows at clean_t; window rows around their plan step, jittered per video.
     u = torch.stack([(r.step + torch.rand(B, generator=gen)) / num_steps for r in den], 1).to(dev)  # (B, nd)
@@ -118,6 +138,10 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     x0 = torch.randn(chunks.shape, generator=dev_gen, device=dev)  # drawn where it is used: 20M normals a step
     tt = t[:, :, None, None, None, None]
     xt = torch.where(tt >= rt.clean_t, chunks, tt * chunks + (1 - tt) * x0)
+    if context_noise > 0 and clean_ids:
+        tc = 1 - context_noise * torch.rand(B, 1, 1, 1, 1, 1, generator=gen).to(dev)  # (B, 1, ...) per video
+        nc = len(clean_ids)
+        xt[:, :nc] = tc * chunks[:, :nc] + (1 - tc) * x0[:, :nc]
     if 0 in ids and ids.index(0) >= len(clean_ids):  # i2v: clean first frame pasted into a noisy chunk 0
         j = ids.index(0)
         paste = torch.rand(B, generator=gen).to(dev) < I2V_PROB
@@ -151,8 +175,30 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     np.random.seed(tc.seed)
     model = build_model(cfg.model, device=device, dtype=torch.float32, seed=tc.seed)
     text = WordTextEncoder(WordTextEncoderConfig(seed=tc.seed)).to(device)
-    params = list(model.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    if tc.init_from:  # fine-tune: weights from a bundle, optimizer and schedule fresh
+        from flowcache_core.bundle import load_bundle
+
+        b = load_bundle(tc.init_from, device=device)
+        model.load_state_dict({k: v.float() for k, v in b.model.state_dict().items()})
+        text.load_state_dict({k: v.float() for k, v in b.text_encoder.state_dict().items()})
+    if tc.text_embed_norm:
+        # Trained from std 0.02, the word embeddings stayed tiny (norm ~0.3) next to what each encoder block
+        # adds (~24, much of it shared by all tokens): "red" and "blue" came out with cosine 0.99, so the
+        # caption barely reached the DiT. Rescaled, word identity dominates the encoder's residual stream.
+        with torch.no_grad():
+            w = text.tok_embed.weight
+            w.mul_(tc.text_embed_norm / w.norm(dim=1).mean())
+    # Groups keep the order of model.parameters() + text.parameters() (pos_embed, tok_embed, blocks, norm): saved
+    # optimizer states and the EMA index parameters in that order. Embeddings get no weight decay.
+    named = list(text.named_parameters())
+    embeds = [p for n, p in named if n in ("pos_embed", "tok_embed.weight")]
+    assert [n for n, _ in named[:2]] == ["pos_embed", "tok_embed.weight"], "text encoder parameter order changed"
+    groups = [{"params": list(model.parameters()), "lr_mult": 1.0},
+              {"params": embeds, "lr_mult": tc.text_lr_mult, "weight_decay": 0.0},
+              {"params": [p for _, p in named[2:]], "lr_mult": tc.text_lr_mult}]
+    params = [p for g in groups for p in g["params"]]
+    assert params == list(model.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     ema = copy.deepcopy(model).requires_grad_(False)
     ema_text = copy.deepcopy(text).requires_grad_(False)
     step = 0
@@ -196,8 +242,9 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
         lr = tc.lr * min(1.0, (step - s0 + 1) / tc.warmup) * 0.5 * (
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
-            g["lr"] = lr
-        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen)
+            g["lr"] = lr * g["lr_mult"]
+        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen,
+                                            tc.chunk0_frac, tc.context_dropout, tc.context_noise)
         with amp:
             v = model(batch)
         loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
@@ -246,7 +293,7 @@ def load_train_state(d: Path, model, text, ema, ema_text, opt) -> int:
         own = m.state_dict()
         m.load_state_dict({k: sd[prefix + k].to(v.dtype) for k, v in own.items()})
     osd = opt.state_dict()
-    n = len(osd["param_groups"][0]["params"])
+    n = sum(len(g["params"]) for g in osd["param_groups"])
     osd["state"] = {i: {"step": sd[f"opt.{i}.step"].reshape(()).float(),
                         "exp_avg": sd[f"opt.{i}.exp_avg"].float(), "exp_avg_sq": sd[f"opt.{i}.exp_avg_sq"].float()}
                     for i in range(n) if f"opt.{i}.exp_avg" in sd}
@@ -347,7 +394,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rope-bands", default=None, help="comma-separated RoPE band values to set after resuming")
     ap.add_argument("--profile", action="store_true", help="profile 10 steps after 20 warm-up steps and print the top ops")
     ap.add_argument("--export-only", action="store_true", help="write OUT/default_model from OUT/state (no training)")
+    ap.add_argument("--init-from", default=None, help="fine-tune: start from this bundle's weights (fresh optimizer)")
+    ap.add_argument("--text-embed-norm", type=float, default=None, help="rescale the word embeddings to this mean norm")
+    ap.add_argument("--text-lr-mult", type=float, default=1.0, help="text encoder learning rate multiplier")
+    ap.add_argument("--chunk0-frac", type=float, default=0.0, help="share of steps on forwards that denoise chunk 0")
+    ap.add_argument("--context-dropout", type=float, default=0.0, help="probability a window row sees only itself")
+    ap.add_argument("--context-noise", type=float, default=0.0, help="clean context noised to t ~ U[1-a, 1]")
     a = ap.parse_args(argv)
+    for name in ("chunk0_frac", "context_dropout", "context_noise"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            ap.error(f"--{name.replace('_', '-')} {getattr(a, name)!r} must be in [0, 1]")
     bands = None
     if a.rope_bands:
         try:
@@ -365,7 +421,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     tc = TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit,
                      fit_to_time=a.fit_to_time, warm_restart=a.warm_restart, warmup=a.warmup,
-                     rope_bands=bands)
+                     rope_bands=bands, init_from=a.init_from, text_embed_norm=a.text_embed_norm,
+                     text_lr_mult=a.text_lr_mult, chunk0_frac=a.chunk0_frac, context_dropout=a.context_dropout,
+                     context_noise=a.context_noise)
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))
     print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,

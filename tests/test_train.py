@@ -1,0 +1,72 @@
+"""Training batches of the default model: the fine-tuning options (chunk-0 share, context dropout, context noise)."""
+import pytest
+import torch
+
+from flowcache_core import train
+from flowcache_core.bundle import default_model_dir
+from flowcache_core.model.dit import build_model
+from flowcache_core.model.text import WordTextEncoder, load_text_encoder
+from flowcache_core.schedule import plan_forwards
+from flowcache_core.world import sample_clip_batch
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = train.default_model_config()
+    rt = cfg.runtime
+    model = build_model(cfg.model, dtype=torch.float32, seed=0)
+    text = WordTextEncoder()
+    plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
+                                     noise2clean_kvrange=rt.noise2clean_kvrange,
+                                     clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
+    frames, captions = sample_clip_batch(5, 2, rt.num_frames, rt.video_size_h, rt.video_size_w)
+    return cfg, model, text, plan, torch.from_numpy(frames), captions
+
+
+def _batch(setup, plan=None, seed=0, **kw):
+    cfg, model, text, full_plan, frames, captions = setup
+    return train.training_batch(model, text, cfg, frames, captions, plan or full_plan, torch.Generator().manual_seed(seed),
+                                32, **kw)
+
+
+def test_chunk0_share_draws_only_chunk0_forwards(setup):
+    plan = setup[3]
+    assert any(f.denoising[0].chunk_id != 0 for f in plan)
+    for seed in range(8):
+        batch, _, ncl = _batch(setup, seed=seed, chunk0_frac=1.0)
+        assert batch.chunk_ids[ncl] == 0 and ncl == 0
+
+
+def test_context_dropout_isolates_window_rows(setup):
+    with_ctx = [f for f in setup[3] if len(f.denoising) >= 3]
+    batch, _, ncl = _batch(setup, plan=with_ctx, context_dropout=1.0)
+    assert all(s == c for s, c in zip(batch.kv_start[ncl:], batch.chunk_ids[ncl:]))
+    plain, _, ncl0 = _batch(setup, plan=with_ctx)
+    assert any(s < c for s, c in zip(plain.kv_start[ncl0:], plain.chunk_ids[ncl0:]))
+
+
+def test_context_noise_noises_clean_rows_but_keeps_their_label(setup):
+    cfg = setup[0]
+    with_clean = [f for f in setup[3] if f.denoising[0].chunk_id >= 3]
+    clean, _, ncl = _batch(setup, plan=with_clean)
+    noisy, _, ncl2 = _batch(setup, plan=with_clean, context_noise=0.5)
+    assert ncl == ncl2 > 0
+    assert torch.equal(noisy.t[:, :ncl], torch.full_like(noisy.t[:, :ncl], cfg.runtime.clean_t))
+    assert not torch.allclose(noisy.x[:, :ncl], clean.x[:, :ncl])
+    torch.testing.assert_close(noisy.x[:, ncl:], clean.x[:, ncl:])  # window rows untouched
+
+
+def test_fine_tune_from_a_bundle_rescales_word_embeddings(tmp_path):
+    train.main(["--out", str(tmp_path), "--steps", "2", "--batch", "2", "--workers", "0", "--device", "cpu",
+                "--no-resume", "--init-from", str(default_model_dir()), "--text-embed-norm", "8",
+                "--text-lr-mult", "3", "--chunk0-frac", "0.5", "--context-dropout", "0.2", "--context-noise", "0.1",
+                "--lr", "1e-5", "--warmup", "1"])
+    enc = load_text_encoder(str(tmp_path / "default_model"))
+    norm = enc.tok_embed.weight.norm(dim=1).mean().item()
+    assert 6.0 < norm < 10.0, norm  # shipped embeddings have norm ~0.3; EMA of two tiny steps keeps ~8
+
+
+def test_bad_fraction_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out", str(tmp_path), "--context-dropout", "2"])
+    assert e.value.code == 2
