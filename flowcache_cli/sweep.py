@@ -59,7 +59,7 @@ def sweep_cmd(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds; every setting runs every seed."),
     policies: str = typer.Option(",".join(POLICY_NAMES), "--policies", help=f"Subset of {','.join(POLICY_NAMES)} (none always runs)."),
     reuse_modes: str = typer.Option(",".join(REUSE_MODES), "--reuse-modes",
-                                    help="flowcache reuse modes: displacement (published rule), velocity."),
+                                    help="flowcache reuse modes: displacement (published rule), velocity, extrapolate."),
     min_psnr: float = typer.Option(25.0, "--min-psnr", help="Recommendation floor: mean PSNR vs none (dB)."),
     min_ssim: float = typer.Option(0.75, "--min-ssim", help="Recommendation floor: mean SSIM vs none."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle; default: the shipped model."),

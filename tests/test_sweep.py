@@ -49,7 +49,8 @@ def test_sweep_writes_every_setting(sweep_json):
     data = json.loads((sweep_json / "sweep.json").read_text())
     names = [s["setting"] for s in data["settings"]]
     assert names == ["none", "teacache@0", "teacache@0.1", "flowcache-displacement@0", "flowcache-displacement@0.1",
-                     "flowcache-velocity@0", "flowcache-velocity@0.1"]
+                     "flowcache-velocity@0", "flowcache-velocity@0.1", "flowcache-extrapolate@0",
+                     "flowcache-extrapolate@0.1"]
     assert len(data["runs"]) == 2 * len(names)  # 2 prompts x 1 seed, interleaved per prompt
     assert [r["setting"] for r in data["runs"][: len(names)]] == names
     assert data["seed_scale"]["pairs"] and math.isfinite(data["seed_scale"]["psnr_mean"])
@@ -189,5 +190,9 @@ def test_speed_quality_pure_parts():
     assert best["flowcache-velocity"]["setting"] == "flowcache-velocity@0.1"
     g = goals(best)
     assert g["goal1_flowcache_2.5x_above_floor"] is True
-    assert g["goal1_velocity_faster_than_displacement_and_teacache_at_floor"] is True
+    assert g["goal1_ours_faster_than_displacement_and_teacache_at_floor"] is True
+    # an extrapolate setting that clears the floor faster becomes the best of ours
+    table.append(_summary("flowcache-extrapolate@0.2", 3.1, 28.0, 0.9))
+    g2 = goals(best_per_group(table, 25.0, 0.75))
+    assert g2["goal1_best_flowcache"]["setting"] == "flowcache-extrapolate@0.2"
     assert g["goal2_realized_over_ideal_ge_0.95"] is True  # 2.6 / 2.0 in the synthetic table

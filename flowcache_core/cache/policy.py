@@ -22,7 +22,7 @@ from torch import Tensor
 from flowcache_core.errors import FlowcacheError
 
 REASONS = ("warmup", "entered", "last_step", "threshold", "below_threshold", "none")
-REUSE_MODES = ("displacement", "velocity")
+REUSE_MODES = ("displacement", "velocity", "extrapolate")
 COMPRESS_STRATEGIES = ("token", "frame", "chunk")
 QUERY_GRANULARITIES = ("token", "frame", "chunk")
 
@@ -83,7 +83,8 @@ class CacheConfig:
     rel_l1_thresh: reuse while the accumulated relative L1 distance stays below this (>= 0).
     warmup_steps: a chunk's first `warmup_steps` own steps (TeaCache: the first forwards) always compute.
     reuse: "displacement" adds the last computed Euler step v*dt_old as is (the published rule);
-        "velocity" adds the cached v times this step's dt.
+        "velocity" adds the cached v times this step's dt; "extrapolate" adds v(t)·dt with v(t) extended
+        linearly in t from the chunk's last two computed velocities (the velocity rule until it has two).
     total_cache_chunk_nums: KV budget B_total in chunk-equivalents per layer (None = no compression);
         must exceed the window size (`validate_for`).
     compress_strategy: keep the best "token"s, or whole "frame"s / "chunk"s, per KV head.
@@ -161,6 +162,7 @@ class CachePolicy:
         self.config = config if config is not None else CacheConfig(policy=self.name)
         self._velocity: dict[int, Tensor] = {}   # chunk id -> v of its last computed step
         self._delta: dict[int, Tensor] = {}      # chunk id -> v*dt of its last computed step
+        self._history: dict[int, tuple] = {}     # chunk id -> (t_prev, v_prev, t_last) for "extrapolate"
 
     def decide(self, steps: list[ChunkStep]) -> list[ChunkDecision]:
         raise NotImplementedError
@@ -172,6 +174,13 @@ class CachePolicy:
             raise RuntimeError(f"chunk {cid} is reused before any computed step (policy bug)")
         if self.config.reuse == "velocity":
             return self._velocity[cid] * step.dt
+        if self.config.reuse == "extrapolate":
+            v = self._velocity[cid]
+            h = self._history.get(cid)
+            if h is not None and h[0] is not None and h[2] != h[0]:
+                t_prev, v_prev, t_last = h
+                v = v + (v - v_prev) * ((step.t - t_last) / (t_last - t_prev))
+            return v * step.dt
         return self._delta[cid]
 
     def update(
@@ -184,6 +193,10 @@ class CachePolicy:
         """After the forward: remember the computed chunks' velocity and applied update."""
         for s, d in zip(steps, decisions, strict=True):
             if d.compute:
+                if self.config.reuse == "extrapolate":
+                    old = self._history.get(s.chunk_id)
+                    prev_v = self._velocity.get(s.chunk_id)
+                    self._history[s.chunk_id] = (old[2] if old else None, prev_v, s.t)
                 self._velocity[s.chunk_id] = velocities[s.chunk_id].detach()
                 self._delta[s.chunk_id] = deltas[s.chunk_id].detach()
 
@@ -191,10 +204,12 @@ class CachePolicy:
         """The chunk is clean: forget everything about it."""
         self._velocity.pop(chunk_id, None)
         self._delta.pop(chunk_id, None)
+        self._history.pop(chunk_id, None)
 
     def reset(self) -> None:
         self._velocity.clear()
         self._delta.clear()
+        self._history.clear()
 
     def tracked_chunks(self) -> set[int]:
         """Chunk ids with state held (for tests and events)."""
