@@ -49,7 +49,7 @@ def default_model_config() -> MagiConfig:
     codec = SpaceToDepthCodec(spatial=4, temporal=1, scale=1.0)
     return MagiConfig(model, runtime, engine,
                       extra={"flowcache": {"codec": codec.to_dict(), "text_encoder": "word",
-                                           "cache_defaults": {"rel_l1_thresh": 0.03, "warmup_steps": 4, "reuse": "velocity"}}})
+                                           "cache_defaults": {"rel_l1_thresh": 0.1, "warmup_steps": 4, "reuse": "extrapolate"}}})
 
 
 @dataclass
