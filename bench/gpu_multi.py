@@ -56,7 +56,8 @@ def videos(folder: Path) -> dict[str, str]:
             for p in sorted(folder.glob("*.mp4")) if not p.name.startswith(".")}
 
 
-def manifest(folder: Path) -> dict[str, dict]:
+def manifest(folder: Path) -> tuple[dict, dict[str, dict]]:
+    """manifest.json as read, and its video records by file name."""
     doc = json.loads((folder / "manifest.json").read_text())
     return doc, {v["file"]: v for v in doc["videos"]}
 

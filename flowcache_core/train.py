@@ -68,7 +68,7 @@ class TrainConfig:
     warm_restart: bool = False  # a resumed run starts a new warmup + cosine from its first step
     rope_bands: tuple[float, ...] | None = None  # set the RoPE bands (after resuming) to these values
     num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
-    # Fine-tuning (phase 4 of `make default-model`; see the README for why):
+    # Fine-tuning options (tried on the shipped model, not part of `make default-model`; docs/PERFORMANCE.md):
     init_from: str | None = None  # start from this bundle's weights (fresh optimizer), e.g. the shipped model
     text_embed_norm: float | None = None  # rescale the word embeddings to this mean norm at the start
     text_lr_mult: float = 1.0  # the text encoder's learning rate = lr * this (its word embeddings: no decay)
@@ -191,10 +191,9 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     # Groups keep the order of model.parameters() + text.parameters() (pos_embed, tok_embed, blocks, norm): saved
     # optimizer states and the EMA index parameters in that order. Embeddings get no weight decay.
     named = list(text.named_parameters())
-    embeds = [p for n, p in named if n in ("pos_embed", "tok_embed.weight")]
     assert [n for n, _ in named[:2]] == ["pos_embed", "tok_embed.weight"], "text encoder parameter order changed"
     groups = [{"params": list(model.parameters()), "lr_mult": 1.0},
-              {"params": embeds, "lr_mult": tc.text_lr_mult, "weight_decay": 0.0},
+              {"params": [p for _, p in named[:2]], "lr_mult": tc.text_lr_mult, "weight_decay": 0.0},
               {"params": [p for _, p in named[2:]], "lr_mult": tc.text_lr_mult}]
     params = [p for g in groups for p in g["params"]]
     assert params == list(model.parameters()) + list(text.parameters())

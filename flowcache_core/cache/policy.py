@@ -162,7 +162,8 @@ class CachePolicy:
         self.config = config if config is not None else CacheConfig(policy=self.name)
         self._velocity: dict[int, Tensor] = {}   # chunk id -> v of its last computed step
         self._delta: dict[int, Tensor] = {}      # chunk id -> v*dt of its last computed step
-        self._history: dict[int, tuple] = {}     # chunk id -> (t_prev, v_prev, t_last) for "extrapolate"
+        self._t_last: dict[int, float] = {}      # chunk id -> t of its last computed step ("extrapolate")
+        self._previous: dict[int, tuple[float, Tensor]] = {}  # chunk id -> (t, v) of the computed step before it
 
     def decide(self, steps: list[ChunkStep]) -> list[ChunkDecision]:
         raise NotImplementedError
@@ -176,10 +177,9 @@ class CachePolicy:
             return self._velocity[cid] * step.dt
         if self.config.reuse == "extrapolate":
             v = self._velocity[cid]
-            h = self._history.get(cid)
-            if h is not None and h[0] is not None and h[2] != h[0]:
-                t_prev, v_prev, t_last = h
-                v = v + (v - v_prev) * ((step.t - t_last) / (t_last - t_prev))
+            if cid in self._previous and self._previous[cid][0] != self._t_last[cid]:
+                (t0, v0), t1 = self._previous[cid], self._t_last[cid]
+                v = v + (v - v0) * ((step.t - t1) / (t1 - t0))  # the line through (t0, v0) and (t1, v) at step.t
             return v * step.dt
         return self._delta[cid]
 
@@ -194,9 +194,9 @@ class CachePolicy:
         for s, d in zip(steps, decisions, strict=True):
             if d.compute:
                 if self.config.reuse == "extrapolate":
-                    old = self._history.get(s.chunk_id)
-                    prev_v = self._velocity.get(s.chunk_id)
-                    self._history[s.chunk_id] = (old[2] if old else None, prev_v, s.t)
+                    if s.chunk_id in self._t_last:
+                        self._previous[s.chunk_id] = (self._t_last[s.chunk_id], self._velocity[s.chunk_id])
+                    self._t_last[s.chunk_id] = s.t
                 self._velocity[s.chunk_id] = velocities[s.chunk_id].detach()
                 self._delta[s.chunk_id] = deltas[s.chunk_id].detach()
 
@@ -204,12 +204,14 @@ class CachePolicy:
         """The chunk is clean: forget everything about it."""
         self._velocity.pop(chunk_id, None)
         self._delta.pop(chunk_id, None)
-        self._history.pop(chunk_id, None)
+        self._t_last.pop(chunk_id, None)
+        self._previous.pop(chunk_id, None)
 
     def reset(self) -> None:
         self._velocity.clear()
         self._delta.clear()
-        self._history.clear()
+        self._t_last.clear()
+        self._previous.clear()
 
     def tracked_chunks(self) -> set[int]:
         """Chunk ids with state held (for tests and events)."""

@@ -232,9 +232,9 @@ class TransformerLayer(nn.Module):
         self_out = self._block_causal_attention(q, k, v, ctx)  # (B, n, L, Hq, hd)
 
         # Cross-attention: each chunk reads its own caption's valid tokens.
-        qx = sa.q_layernorm_xattn(sa.linear_qkv.qx(h).view(B * n, L, Hq, hd)).to(x.dtype)
+        qx = sa.q_layernorm_xattn(sa.linear_qkv.qx(h).view(B * n, L, Hq, hd))
         kvx = sa.linear_kv_xattn(ctx.caption_tokens).view(B * n, -1, Hkv, 2 * hd)  # (B*n, Lc, Hkv, 2hd)
-        kx = sa.k_layernorm_xattn(kvx[..., :hd]).to(x.dtype)
+        kx = sa.k_layernorm_xattn(kvx[..., :hd])
         vx = kvx[..., hd:]
         cross_out = attend(qx, kx, vx, mask=ctx.caption_attn_mask, backend=ctx.backend)
         if ctx.caption_any is not None:  # a chunk without caption tokens gets zero cross-attention output
