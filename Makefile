@@ -17,11 +17,12 @@ lint:
 	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests
 	$(PY) -m pyflakes flowcache_core flowcache_cli bench tests
 
-TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 128 --workers 12
-default-model:      ## on a GPU: the shipped default model's three phases (seed 0), exported to out/train/default_model
-	$(TRAIN) --no-resume --steps 7000 --time-limit 505
-	$(TRAIN) --steps 7000 --time-limit 505 --fit-to-time
-	$(TRAIN) --steps 20000 --time-limit 500 --fit-to-time --warm-restart --warmup 200 --lr 4e-4 --rope-bands 0.70,0.32,1.4,0.15
+TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 192 --workers 13 --warmup 300 \
+	--fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05
+default-model:      ## on a GPU: the shipped default model's three phases (seed 0, v2 recipe), exported to out/train/default_model
+	$(TRAIN) --no-resume --lr 1e-3 --steps 6217 --time-limit 450 --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8
+	$(TRAIN) --lr 1e-3 --steps 100000 --time-limit 440 --fit-to-time
+	$(TRAIN) --lr 3e-4 --steps 100000 --time-limit 215 --fit-to-time --warm-restart --warmup 100
 
 lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
 	sh scripts/fetch_lpips_weights.sh

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-continuation", action="store_true", help="skip the i2v / v2v part")
     ap.add_argument("--out", default=str(RESULTS / "judge_default.json"))
     ap.add_argument("--sheet", default=None, help="contact sheet PNG (default: beside --out, _sheet.png)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model runs there; the judge reads pixels)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's); 1 is much faster on a machine others load")
     a = ap.parse_args(argv)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in (out, sheet):
             if not p.parent.is_dir():
                 raise FlowcacheError(f"output folder {str(p.parent)!r} does not exist")
-        b = load_bundle(a.checkpoint_dir)
+        b = load_bundle(a.checkpoint_dir, device=a.device)
     except FlowcacheError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         caption_seed=CAPTION_SEED, sampling_seeds=f"0..{a.n - 1}", chunk_frames=chunk_frames,
         held_out_note="training world seeds are seed*10^8 + i*batch (WorldStream, shipped model trained with seed 0); "
                       "captions come from held_out_single_object_captions(424242), a separate generator",
-        machine=dict(cpu=_cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        machine=dict(device=a.device if a.device == "cpu" else torch.cuda.get_device_name(0), cpu=_cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                      loadavg_start=load0, loadavg_end=list(os.getloadavg()), total_wall_s=time.time() - t_start,
                      t2v_seconds_median=float(np.median(secs))),
         results=res, goals=GOALS, goals_met=met, contact_sheet=str(sheet), t2v=rows, continuation=cont,

@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # Train the default model on the GPU machine, one call (at most 10 minutes) at a time: optionally two short
-# identical runs (reproducibility), then the main run under a time limit. The shipped model is three calls
-# (the three lines of `make default-model`), for example:
-#   call 1: STEPS=H TIME_LIMIT=S bash bench/train_default_gpu.sh                 (fresh; cosine horizon H)
-#   call 2: STEPS=H TIME_LIMIT=S FIT=1 RESUME=1 bash bench/train_default_gpu.sh  (resumes /tmp/main/state on a
-#           warm machine, or RESUME_FROM=<returned state dir>; the horizon shrinks to end with the time limit)
-# $OUT gets the logs and state/ (bf16 shards < 16 MB); export locally with
+# identical runs (reproducibility), then one phase under a time limit, then optionally a quick judge on the GPU.
+# The shipped model (v2) is three calls, the three lines of `make default-model` (README, "The default model"):
+#   call 1: STEPS=6217 TIME_LIMIT=450 TRAIN_ARGS="--no-resume --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8" \
+#           bash bench/train_default_gpu.sh                                                      (fresh)
+#   call 2: RESUME=1 STEPS=100000 TIME_LIMIT=440 FIT=1 bash bench/train_default_gpu.sh           (same cosine,
+#           fitted to end with this call; RESUME_FROM=<returned state dir> on a fresh machine)
+#   call 3: RESUME=1 STEPS=100000 TIME_LIMIT=215 FIT=1 LR=3e-4 TRAIN_ARGS="--warm-restart --warmup 100" ...
+#           (a later --warmup wins over the recipe's)
+# $OUT gets the logs, state/ (bf16 shards < 16 MB) and default_model/; a bundle from a state dir:
 #   python -m flowcache_core.train --out <dir holding state/> --export-only
 set -euo pipefail
-if compgen -G ".whl/*.whl" > /dev/null; then  # only for packages the GPU image lacks
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+WHL=${WHL:-.whl}
+if compgen -G "$WHL/*.whl" > /dev/null; then  # only for packages the GPU image lacks
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHL"/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/train}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# The v2 recipe (every call): object-weighted loss, recoloured noisy inputs, lightly noised context.
+RECIPE="--seed 0 --batch ${BATCH:-192} --workers ${WORKERS:-13} --lr ${LR:-1e-3} --warmup 300 --fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05"
 REPRO_STEPS=${REPRO_STEPS:-0}
 if [ "$REPRO_STEPS" -gt 0 ]; then
-python3 -m flowcache_core.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume --seed 0 > "$OUT/repro_a.log"
-python3 -m flowcache_core.train --out /tmp/repB --steps "$REPRO_STEPS" --no-resume --seed 0 > "$OUT/repro_b.log"
+python3 -m flowcache_core.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_a.log"
+python3 -m flowcache_core.train --out /tmp/repB --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_b.log"
 paste <(grep '"loss"' "$OUT/repro_a.log") <(grep '"loss"' "$OUT/repro_b.log") | head -3
 fi
 mkdir -p /tmp/main
 if [ -d "${RESUME_FROM:-}" ]; then rm -rf /tmp/main/state; cp -r "$RESUME_FROM" /tmp/main/state; fi
 if [ "${RESUME:-0}" = 1 ] && [ ! -d /tmp/main/state ]; then echo "RESUME=1 but no state to resume" >&2; exit 3; fi
 if [ "${RESUME:-0}" != 1 ] && [ -z "${RESUME_FROM:-}" ]; then rm -rf /tmp/main; mkdir -p /tmp/main; fi
-python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-480}" --batch "${BATCH:-128}" \
-  --steps "${STEPS:-60000}" --workers "${WORKERS:-12}" --seed 0 ${FIT:+--fit-to-time} ${TRAIN_ARGS:-} | tee "$OUT/train.log"
+python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-450}" --steps "${STEPS:-6217}" $RECIPE \
+  ${FIT:+--fit-to-time} ${TRAIN_ARGS:-} | tee "$OUT/train.log"
 cp -r /tmp/main/state "$OUT/state"
+cp -r /tmp/main/default_model "$OUT/default_model"
+if [ "${JUDGE_N:-0}" -gt 0 ]; then  # a quick look (held-out captions, t2v only) with the model on the GPU
+  python3 bench/judge_default.py --checkpoint-dir /tmp/main/default_model --n "$JUDGE_N" --no-continuation \
+    --device cuda --out "$OUT/judge.json" 2>&1 | tail -12
+fi

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from flowcache_core.config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
+from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.codec import SpaceToDepthCodec
 from flowcache_core.model.dit import ChunkBatch, VideoDiT, build_model
 from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
 from flowcache_core.model.weights import read_state_dict, save_weights
 from flowcache_core.pipeline import NULL_CAPTION_TOKENS
 from flowcache_core.schedule import plan_forwards
-from flowcache_core.world import sample_clip_batch
+from flowcache_core.world import PALETTE, sample_clip_batch
 
 CAPTION_DROPOUT = 0.1
 I2V_PROB = 0.1
@@ -75,22 +76,49 @@ class TrainConfig:
     chunk0_frac: float = 0.0  # this share of steps draws a forward that denoises chunk 0 (no context)
     context_dropout: float = 0.0  # each window row sees only itself with this probability
     context_noise: float = 0.0  # clean context rows are noised to t ~ U[1 - this, 1] (still labelled clean)
+    fg_weight: float = 0.0  # object pixels weigh 1 + this * coverage in the loss
+    recolour_p: float = 0.0  # share of videos whose objects are recoloured in inputs with t < recolour_t
+    recolour_t: float = 0.3
+    precision: str = "bf16"  # bf16: autocast over float32 weights; fp32: float32 with TF32 matmuls (no casts)
 
 
 class WorldStream(torch.utils.data.IterableDataset):
     """Endless batches of world clips; worker w of k draws seeds seed*10^8 + w, + k, ... (deterministic)."""
 
-    def __init__(self, seed: int, batch: int, T: int, H: int, W: int, start: int = 0):
+    def __init__(self, seed: int, batch: int, T: int, H: int, W: int, start: int = 0, with_alpha: bool = False):
         self.seed, self.batch, self.T, self.H, self.W, self.start = seed, batch, T, H, W, start
+        self.with_alpha = with_alpha
 
     def __iter__(self):
+        """(frames, captions) or, with_alpha, (frames, captions, alpha, rgb) as `sample_clip_batch` gives them."""
         info = torch.utils.data.get_worker_info()
         w, k = (info.id, info.num_workers) if info else (0, 1)
         i = self.start + w
         while True:
-            frames, captions = sample_clip_batch(self.seed * 10**8 + i * self.batch, self.batch, self.T, self.H, self.W)
-            yield torch.from_numpy(frames), captions
+            out = sample_clip_batch(self.seed * 10**8 + i * self.batch, self.batch, self.T, self.H, self.W,
+                                    with_alpha=self.with_alpha)
+            yield tuple(torch.from_numpy(z) if isinstance(z, np.ndarray) else z for z in out)
             i += k
+
+
+def _to_device(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Host tensor to `dev` without stalling the host: a copy from pageable memory waits for the GPU to go idle,
+    one from pinned memory is queued (the caching host allocator keeps the buffer alive until it is done)."""
+    if x.device == dev or dev.type != "cuda":
+        return x.to(dev)
+    return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
+
+
+def _autocast(device: str, precision: str):
+    """bf16 autocast on a GPU, or nothing (float32; on a GPU its matmuls in TF32)."""
+    if precision not in ("bf16", "fp32"):
+        raise FlowcacheError(f"precision {precision!r} unknown (allowed: bf16, fp32)")
+    on_gpu = str(device).startswith("cuda")
+    if on_gpu and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16") if on_gpu \
+        else torch.autocast("cpu", enabled=False)
 
 
 def _grid(u: torch.Tensor) -> torch.Tensor:
@@ -101,21 +129,35 @@ def _grid(u: torch.Tensor) -> torch.Tensor:
 def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConfig, frames: torch.Tensor,
                    captions: list[str], plan, gen: torch.Generator, num_steps: int,
                    dev_gen: torch.Generator | None = None, chunk0_frac: float = 0.0,
-                   context_dropout: float = 0.0, context_noise: float = 0.0):
+                   context_dropout: float = 0.0, context_noise: float = 0.0, *,
+                   alpha: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
+                   fg_weight: float = 0.0, recolour_p: float = 0.0, recolour_t: float = 0.3,
+                   tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan.
+
+    Returns (batch, target, number of clean context rows, loss weight or None). `gen` (CPU) draws the forward
+    and which rows see context; `dev_gen` (on the model's device) draws noise levels and noise, so a step
+    never copies small tensors to the GPU (each such copy would stall the host until the GPU is idle).
 
     chunk0_frac: share of forwards drawn among those that denoise chunk 0 (where only the caption tells the
     colour and motion); context_dropout: a window row sees only itself with this probability (the caption must
     carry it); context_noise: clean context is noised to t ~ U[1-a, 1] but still labelled clean, so the model
     learns to continue imperfect (generated) context instead of shrinking it chunk after chunk.
+    alpha (B, T, H, W, k) uint8 and rgb (B, k, 3) uint8 (`sample_clip_batch(with_alpha=True)`) enable:
+    fg_weight: object pixels weigh 1 + fg_weight * coverage in the loss (an object is ~4 % of the pixels, so
+    plain MSE pays little for drawing it); recolour_p: this share of videos has its objects recoloured to
+    random palette colours in the inputs of window rows with t < recolour_t, while the target stays the true
+    clip (v = (x1 - x_t) / (1 - t)): at high noise the colour in the input is chance, so only the caption
+    can say which colour to move towards, and the loss now pays for reading it.
     """
     rt = cfg.runtime
     dev = next(model.parameters()).device
     dev_gen = dev_gen or gen
     B = frames.shape[0]
     cw = rt.chunk_width
-    x1 = (frames.to(dev).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)  # (B, 3, T, H, W)
-    x1 = SpaceToDepthCodec(4, 1).encode(x1)  # (B, C, T, h, w)
+    codec = SpaceToDepthCodec(4, 1)
+    pix = _to_device(frames, dev).float()  # (B, T, H, W, 3) 0..255
+    x1 = codec.encode(pix.permute(0, 4, 1, 2, 3) / 127.5 - 1.0)  # (B, C, T, h, w)
     pool = plan
     if chunk0_frac > 0 and float(torch.rand(1, generator=gen)) < chunk0_frac:
         pool = [f for f in plan if f.denoising[0].chunk_id == 0] or plan
@@ -125,43 +167,68 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     lo = min(r.kv_start for r in den)
     clean_ids = list(range(lo, first))
     ids = clean_ids + [r.chunk_id for r in den]
-    n = len(ids)
+    n, ncl = len(ids), len(clean_ids)
     starts = clean_ids + [r.kv_start for r in den]  # clean chunks see only themselves
     if context_dropout > 0:
         alone = torch.rand(len(den), generator=gen) < context_dropout
         starts = clean_ids + [r.chunk_id if bool(a) else r.kv_start for r, a in zip(den, alone)]
-    chunks = torch.stack([x1[:, :, c * cw:(c + 1) * cw] for c in ids], 1)  # (B, n, C, cw, h, w)
+
+    def rows(z):  # (B, C, T, h, w) -> (B, n, C, cw, h, w), the chunks of this forward
+        return torch.stack([z[:, :, c * cw:(c + 1) * cw] for c in ids], 1)
+
+    chunks = rows(x1)
     # Noise levels: clean rows at clean_t; window rows around their plan step, jittered per video.
-    u = torch.stack([(r.step + torch.rand(B, generator=gen)) / num_steps for r in den], 1).to(dev)  # (B, nd)
+    jitter = torch.rand(B, len(den), generator=dev_gen, device=dev)
+    u = torch.stack([(jitter[:, i] + r.step) / num_steps for i, r in enumerate(den)], 1)  # (B, nd)
     t_den = _grid(u)
-    t = torch.cat([torch.full((B, len(clean_ids)), rt.clean_t, device=dev), t_den], 1)  # (B, n)
+    t = torch.cat([torch.full((B, ncl), rt.clean_t, device=dev), t_den], 1)  # (B, n)
     x0 = torch.randn(chunks.shape, generator=dev_gen, device=dev)  # drawn where it is used: 20M normals a step
+    paste = torch.rand(B, generator=dev_gen, device=dev) < I2V_PROB  # drawn before the optional parts' draws,
+    drop = torch.rand(B, generator=dev_gen, device=dev) < CAPTION_DROPOUT  # so these stay as without them
     tt = t[:, :, None, None, None, None]
-    xt = torch.where(tt >= rt.clean_t, chunks, tt * chunks + (1 - tt) * x0)
+    source = chunks  # what the noisy inputs are made from
+    if recolour_p > 0 and alpha is not None:
+        a = _to_device(alpha, dev).float() / 255  # (B, T, H, W, k)
+        k = a.shape[-1]
+        palette = _to_device(torch.tensor(list(PALETTE.values()), dtype=torch.float32), dev)  # (P, 3)
+        new = palette[torch.randint(len(palette), (B, k), generator=dev_gen, device=dev)]  # (B, k, 3)
+        delta = new - _to_device(rgb, dev).float()  # (B, k, 3)
+        pick = torch.rand(B, generator=dev_gen, device=dev) < recolour_p
+        recoloured = pix + torch.einsum("bthwk,bkc->bthwc", a, delta * pick[:, None, None])
+        source = torch.where(tt < recolour_t, rows(codec.encode(recoloured.permute(0, 4, 1, 2, 3) / 127.5 - 1.0)), chunks)
+    xt = torch.where(tt >= rt.clean_t, chunks, tt * source + (1 - tt) * x0)
+    if source is chunks:
+        target = chunks - x0
+    else:  # recoloured inputs: the velocity that takes x_t to the true clip
+        target = torch.where(tt < recolour_t, (chunks - xt) / (1 - tt), chunks - x0)
     if context_noise > 0 and clean_ids:
-        tc = 1 - context_noise * torch.rand(B, 1, 1, 1, 1, 1, generator=gen).to(dev)  # (B, 1, ...) per video
-        nc = len(clean_ids)
-        xt[:, :nc] = tc * chunks[:, :nc] + (1 - tc) * x0[:, :nc]
-    if 0 in ids and ids.index(0) >= len(clean_ids):  # i2v: clean first frame pasted into a noisy chunk 0
+        tc = 1 - context_noise * torch.rand(B, 1, 1, 1, 1, 1, generator=dev_gen, device=dev)  # per video
+        xt[:, :ncl] = tc * chunks[:, :ncl] + (1 - tc) * x0[:, :ncl]
+    if 0 in ids and ids.index(0) >= ncl:  # i2v: clean first frame pasted into a noisy chunk 0
         j = ids.index(0)
-        paste = torch.rand(B, generator=gen).to(dev) < I2V_PROB
-        xt[paste, j, :, 0] = chunks[paste, j, :, 0]
-    target = chunks - x0
+        xt[:, j, :, 0] = torch.where(paste[:, None, None, None], chunks[:, j, :, 0], xt[:, j, :, 0])
+    weight = None
+    if fg_weight > 0 and alpha is not None:
+        cover = _to_device(alpha, dev).amax(-1).float() / 255  # (B, T, H, W)
+        w = 1 + fg_weight * cover[:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
+        weight = rows(codec.encode(w))  # (B, n, C, cw, h, w): space-to-depth moves each pixel's weight with it
     # Captions: window rows get the prompt (or, 10% of videos, the null caption + dropped token); clean rows null.
-    emb, mask = text_encoder.encode(captions)  # (B, Lc, Dc), (B, Lc)
+    if tokens is None:
+        emb, mask = text_encoder.encode(captions)  # (B, Lc, Dc), (B, Lc)
+    else:
+        ids_t, mask = (_to_device(z, dev) for z in tokens)
+        emb = text_encoder(ids_t, mask)
     null = model.y_embedder.null_caption_embedding[: emb.shape[1]].float()
-    null_mask = torch.zeros_like(mask[0])
-    null_mask[: min(NULL_CAPTION_TOKENS, null_mask.numel())] = 1
-    drop = (torch.rand(B, generator=gen) < CAPTION_DROPOUT).to(dev)
+    null_mask = (torch.arange(mask.shape[1], device=dev) < NULL_CAPTION_TOKENS).to(mask.dtype)
     cond = torch.where(drop[:, None, None], null[None], emb)
     cond_mask = torch.where(drop[:, None], null_mask[None], mask)
-    is_clean = torch.tensor([i < len(clean_ids) for i in range(n)], device=dev)
+    is_clean = torch.arange(n, device=dev) < ncl
     cap = torch.where(is_clean[None, :, None, None], null[None, None], cond[:, None])  # (B, n, Lc, Dc)
     cap_mask = torch.where(is_clean[None, :, None], null_mask[None, None], cond_mask[:, None])  # (B, n, Lc)
     dropped = drop[:, None] & ~is_clean[None]
     batch = ChunkBatch(x=xt, t=t, chunk_ids=ids, kv_start=starts, caption=cap, caption_mask=cap_mask,
                        caption_dropped=dropped, write_kv=[False] * n)
-    return batch, target, len(clean_ids)
+    return batch, target, ncl, weight
 
 
 def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cuda", resume: bool = True,
@@ -216,20 +283,26 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange,
                                      clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
-    stream = WorldStream(tc.seed, tc.batch, rt.num_frames, rt.video_size_h, rt.video_size_w, start=step * 1)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers,
+    with_alpha = tc.fg_weight > 0 or tc.recolour_p > 0
+    stream = WorldStream(tc.seed, tc.batch, rt.num_frames, rt.video_size_h, rt.video_size_w, start=step * 1,
+                         with_alpha=with_alpha)
+    on_gpu = str(device).startswith("cuda")
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, pin_memory=on_gpu,
                                          persistent_workers=tc.workers > 0, prefetch_factor=4 if tc.workers else None)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
+    amp = _autocast(device, tc.precision)
     t0 = time.perf_counter()
     start_step = step
     s0 = start_step if tc.warm_restart else 0  # the learning-rate schedule's origin
     t_rate = t0
-    losses = []
+    loss_sum, loss_n = torch.zeros((), device=device), 0  # summed on the device: no per-step host sync
     history = []
     model.train(); text.train()
+    ema_params, live_params = list(ema.parameters()) + list(ema_text.parameters()), params
     t_wait = time.perf_counter()
     data_wait = 0.0
-    for frames, captions in loader:
+    for item in loader:
+        frames, captions = item[0], item[1]
+        alpha, rgb = (item[2], item[3]) if with_alpha else (None, None)
         data_wait += time.perf_counter() - t_wait
         if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
             break
@@ -242,27 +315,33 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        batch, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen,
-                                            tc.chunk0_frac, tc.context_dropout, tc.context_noise)
+        tokens = text.tokenize(captions)
+        batch, target, ncl, weight = training_batch(
+            model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen, tc.chunk0_frac,
+            tc.context_dropout, tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight,
+            recolour_p=tc.recolour_p, recolour_t=tc.recolour_t, tokens=tokens)
         with amp:
             v = model(batch)
-        loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
+        err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
+        plain = err.mean()  # logged: comparable across recipes
+        loss = plain if weight is None else (err * weight[:, ncl:]).sum() / weight[:, ncl:].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             d = min(tc.ema, (1 + step) / (10 + step))
-            for e, p in zip(list(ema.parameters()) + list(ema_text.parameters()), params):
-                e.lerp_(p, 1 - d)
-        losses.append(loss.item())
+            torch._foreach_lerp_(ema_params, live_params, 1 - d)
+            loss_sum += plain.detach()
+        loss_n += 1
         step += 1
         t_wait = time.perf_counter()
         if step % tc.log_every == 0:
-            rec = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "seconds": time.perf_counter() - t0,
+            rec = {"step": step, "loss": float(loss_sum) / loss_n, "lr": lr, "seconds": time.perf_counter() - t0,
                    "data_wait_s": round(data_wait, 2)}
             history.append(rec)
-            losses = []
+            loss_sum.zero_()
+            loss_n = 0
             if log:
                 log(rec)
     save_train_state(state_dir, model, text, ema, ema_text, opt, step)
@@ -322,8 +401,9 @@ def export_default_model(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig
     save_text_encoder(text.cpu().float(), str(d))
 
 
-def profile_steps(batch: int, device: str, workers: int) -> None:
-    """Where a training step's time goes (GPU kernels vs host), to tune `train_default`."""
+def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None = None) -> None:
+    """Where a training step's time goes (GPU kernels vs host), to tune `train_default`; on a GPU it also
+    lists every host-device synchronisation one step makes (there should be none)."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = default_model_config()
@@ -336,37 +416,60 @@ def profile_steps(batch: int, device: str, workers: int) -> None:
     dev_gen = torch.Generator(device=device).manual_seed(0)
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange, clean_chunk_kvrange=1) if not f.prefill]
-    frames, captions = next(iter(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w)))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    tc = tc or TrainConfig()
+    with_alpha = tc.fg_weight > 0 or tc.recolour_p > 0
+    item = next(iter(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w, with_alpha=with_alpha)))
+    frames, captions = item[0], item[1]
+    alpha, rgb = (item[2], item[3]) if with_alpha else (None, None)
+    if device.startswith("cuda"):
+        frames, alpha, rgb = (z.pin_memory() if z is not None else None for z in (frames, alpha, rgb))
+    amp = _autocast(device, tc.precision)
+    model.train(); text.train()
 
     def one():
-        b, target, ncl = training_batch(model, text, cfg, frames, captions, plan, gen, 32, dev_gen)
+        b, target, ncl, weight = training_batch(
+            model, text, cfg, frames, captions, plan, gen, 32, dev_gen, tc.chunk0_frac, tc.context_dropout,
+            tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight, recolour_p=tc.recolour_p,
+            recolour_t=tc.recolour_t, tokens=text.tokenize(captions))
         with amp:
             v = model(b)
-        loss = F.mse_loss(v[:, ncl:].float(), target[:, ncl:])
+        err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
+        loss = err.mean() if weight is None else (err * weight[:, ncl:]).sum() / weight[:, ncl:].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        return loss.item()
+        return loss
 
     for _ in range(20):
         one()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")  # each sync inside one step prints a warning with its stack
+        for _ in range(3):
+            one()
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     t = time.perf_counter()
     with profile(activities=acts) as prof:
         for _ in range(10):
             one()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
     print(f"step_s {(time.perf_counter() - t) / 10:.4f} (batch {batch}, profiled)")
     key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     t = time.perf_counter()
-    for _ in range(10):
+    for _ in range(20):
         one()
-    print(f"step_s {(time.perf_counter() - t) / 10:.4f} (batch {batch}, unprofiled)")
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    print(f"step_s {(time.perf_counter() - t) / 20:.4f} (batch {batch}, unprofiled)")
     t = time.perf_counter()
-    it = iter(torch.utils.data.DataLoader(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w),
-                                          batch_size=None, num_workers=workers))
+    it = iter(torch.utils.data.DataLoader(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w,
+                                                      with_alpha=with_alpha), batch_size=None, num_workers=workers))
     for _ in range(20):
         next(it)
     print(f"loader_s_per_batch {(time.perf_counter() - t) / 20:.4f} ({workers} workers, incl. start-up)")
@@ -399,8 +502,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk0-frac", type=float, default=0.0, help="share of steps on forwards that denoise chunk 0")
     ap.add_argument("--context-dropout", type=float, default=0.0, help="probability a window row sees only itself")
     ap.add_argument("--context-noise", type=float, default=0.0, help="clean context noised to t ~ U[1-a, 1]")
+    ap.add_argument("--fg-weight", type=float, default=0.0, help="object pixels weigh 1 + this * coverage in the loss")
+    ap.add_argument("--recolour-p", type=float, default=0.0,
+                    help="share of videos whose objects are recoloured in the inputs of rows with t < --recolour-t")
+    ap.add_argument("--recolour-t", type=float, default=0.3)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="bf16 autocast over float32 weights, or float32 (TF32 matmuls on a GPU)")
     a = ap.parse_args(argv)
-    for name in ("chunk0_frac", "context_dropout", "context_noise"):
+    if a.fg_weight < 0:
+        ap.error(f"--fg-weight {a.fg_weight!r} must be >= 0")
+    for name in ("chunk0_frac", "context_dropout", "context_noise", "recolour_p", "recolour_t"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             ap.error(f"--{name.replace('_', '-')} {getattr(a, name)!r} must be in [0, 1]")
     bands = None
@@ -415,14 +526,15 @@ def main(argv: list[str] | None = None) -> None:
     if a.export_only:
         export_from_state(Path(a.out))
         return
-    if a.profile:
-        profile_steps(a.batch, a.device, a.workers)
-        return
     tc = TrainConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, workers=a.workers, time_limit_s=a.time_limit,
                      fit_to_time=a.fit_to_time, warm_restart=a.warm_restart, warmup=a.warmup,
                      rope_bands=bands, init_from=a.init_from, text_embed_norm=a.text_embed_norm,
                      text_lr_mult=a.text_lr_mult, chunk0_frac=a.chunk0_frac, context_dropout=a.context_dropout,
-                     context_noise=a.context_noise)
+                     context_noise=a.context_noise, fg_weight=a.fg_weight, recolour_p=a.recolour_p,
+                     recolour_t=a.recolour_t, precision=a.precision)
+    if a.profile:
+        profile_steps(a.batch, a.device, a.workers, tc)
+        return
     r = train_default(a.out, tc, device=a.device, resume=not a.no_resume,
                       log=lambda rec: print(json.dumps(rec), flush=True))
     print(json.dumps({"steps": r["steps"], "seconds": round(r["seconds"], 1), "device": a.device,

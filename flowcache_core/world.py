@@ -64,6 +64,7 @@ WORLD_VOCAB: tuple[str, ...] = (
 )
 
 MIN_CONTRAST = 120.0  # RGB distance an object keeps from every background colour under it
+MAX_OBJECTS = 2  # objects in one clip
 
 
 def _contrast(a: str, b: str) -> float:
@@ -95,6 +96,7 @@ class Clip:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     caption: str
     meta: dict[str, Any] = field(default_factory=dict)
+    alpha: np.ndarray | None = None  # uint8 (T, H, W, MAX_OBJECTS) coverage of each object x 255 (with_alpha)
 
 
 # ------------------------------------------------------------------------------------------------ words
@@ -396,10 +398,12 @@ def _coverage(tr: _Track, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - sd, 0.0, 1.0)
 
 
-def _draw(bg: np.ndarray, tracks: list[_Track], T: int, H: int, W: int) -> np.ndarray:
+def _draw(bg: np.ndarray, tracks: list[_Track], T: int, H: int, W: int, alpha: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (T, H, W, 3); alpha (T, H, W, k) float32, if given, receives each object's coverage (training
+    uses it to weight object pixels and to recolour objects: frame + a*(new - old) is the clip drawn in new)."""
     frames = np.empty((T, H, W, 3), np.float32)
     frames[...] = bg
-    for tr in tracks:
+    for k, tr in enumerate(tracks):
         reach = tr.r * (1.4 if tr.shape == "triangle" else 1.3) + 1.0
         x0, x1 = int(max(np.floor(np.min(tr.cx - reach)), 0)), int(min(np.ceil(np.max(tr.cx + reach)), W))
         y0, y1 = int(max(np.floor(np.min(tr.cy - reach)), 0)), int(min(np.ceil(np.max(tr.cy + reach)), H))
@@ -408,6 +412,8 @@ def _draw(bg: np.ndarray, tracks: list[_Track], T: int, H: int, W: int) -> np.nd
         a = _coverage(tr, np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1, dtype=np.float32))
         win = frames[:, y0:y1, x0:x1]  # view (T, h, w, 3)
         win += a[..., None] * (tr.rgb - win)
+        if alpha is not None:
+            alpha[:, y0:y1, x0:x1, k] = a
     np.clip(frames, 0, 255, out=frames)
     frames += 0.5
     return frames.astype(np.uint8)
@@ -429,13 +435,15 @@ def _check_size(num_frames: int, height: int, width: int) -> None:
         raise FlowcacheError(f"frame size {height}x{width} must be at least 16x16")
 
 
-def _render(words: SceneWords, rng, T: int, H: int, W: int, allow_enter: bool, seed: int, caption: str) -> Clip:
+def _render(words: SceneWords, rng, T: int, H: int, W: int, allow_enter: bool, seed: int, caption: str,
+            with_alpha: bool = False) -> Clip:
     pan = 0.0
     if words.camera != "static":
         pan = float(rng.uniform(0.5, 1.0) * W / 64) * (1 if words.camera == "pans right" else -1)
     bg, meta = _background(rng, words, T, H, W, pan)
     tracks = _tracks(rng, words, T, H, W, pan, allow_enter)
-    frames = _draw(bg, tracks, T, H, W)
+    alpha = np.zeros((T, H, W, MAX_OBJECTS), np.float32) if with_alpha else None
+    frames = _draw(bg, tracks, T, H, W, alpha)
     meta.update(
         seed=seed,
         camera=words.camera,
@@ -444,25 +452,35 @@ def _render(words: SceneWords, rng, T: int, H: int, W: int, allow_enter: bool, s
                       centers=np.stack([tr.cx, tr.cy], axis=1), radius=tr.r, enters=tr.enters)
                  for o, tr in zip(words.objects, tracks)],
     )
-    return Clip(frames, caption, meta)
+    a8 = None if alpha is None else (alpha * 255 + 0.5).astype(np.uint8)
+    return Clip(frames, caption, meta, a8)
 
 
 def sample_clip(seed: int, num_frames: int = 48, height: int = 64, width: int = 64, *,
-                single_object: bool | None = None) -> Clip:
+                single_object: bool | None = None, with_alpha: bool = False) -> Clip:
     """Clip number `seed` of the world (deterministic). meta: objects (colour, shape, motion, rgb,
     centers (T, 2) x/y px, radius (T,), enters), background name ("gradient" for a gradient),
     background_rgb, gradient, camera, pan_px_per_frame, seed."""
     _check_size(num_frames, height, width)
     words = sample_words(seed, single_object=single_object)
     rng = np.random.default_rng([int(seed), 2])
-    return _render(words, rng, num_frames, height, width, True, int(seed), caption_of(words))
+    return _render(words, rng, num_frames, height, width, True, int(seed), caption_of(words), with_alpha)
 
 
 def sample_clip_batch(seed: int, n: int, num_frames: int = 48, height: int = 64, width: int = 64, *,
-                      single_object: bool | None = None) -> tuple[np.ndarray, list[str]]:
-    """Clips seed..seed+n-1 as frames uint8 (n, T, H, W, 3) and their captions."""
-    clips = [sample_clip(seed + i, num_frames, height, width, single_object=single_object) for i in range(n)]
-    return np.stack([c.frames for c in clips]), [c.caption for c in clips]
+                      single_object: bool | None = None, with_alpha: bool = False):
+    """Clips seed..seed+n-1 as frames uint8 (n, T, H, W, 3) and their captions; with_alpha adds each object's
+    coverage uint8 (n, T, H, W, MAX_OBJECTS) (x 255) and colour uint8 (n, MAX_OBJECTS, 3) (0 where absent)."""
+    clips = [sample_clip(seed + i, num_frames, height, width, single_object=single_object, with_alpha=with_alpha)
+             for i in range(n)]
+    frames, captions = np.stack([c.frames for c in clips]), [c.caption for c in clips]
+    if not with_alpha:
+        return frames, captions
+    rgb = np.zeros((n, MAX_OBJECTS, 3), np.uint8)
+    for i, c in enumerate(clips):
+        for k, o in enumerate(c.meta["objects"]):
+            rgb[i, k] = o["rgb"]
+    return frames, captions, np.stack([c.alpha for c in clips]), rgb
 
 
 def render_caption(caption: str, seed: int, num_frames: int = 48, height: int = 64, width: int = 64) -> Clip:

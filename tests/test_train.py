@@ -1,4 +1,5 @@
-"""Training batches of the default model: the fine-tuning options (chunk-0 share, context dropout, context noise)."""
+"""Training batches of the default model: chunk-0 share, context dropout, context noise, object-weighted loss,
+recoloured inputs."""
 import pytest
 import torch
 
@@ -19,12 +20,13 @@ def setup():
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange,
                                      clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
-    frames, captions = sample_clip_batch(5, 2, rt.num_frames, rt.video_size_h, rt.video_size_w)
-    return cfg, model, text, plan, torch.from_numpy(frames), captions
+    frames, captions, alpha, rgb = sample_clip_batch(5, 2, rt.num_frames, rt.video_size_h, rt.video_size_w,
+                                                     with_alpha=True)
+    return cfg, model, text, plan, torch.from_numpy(frames), captions, torch.from_numpy(alpha), torch.from_numpy(rgb)
 
 
 def _batch(setup, plan=None, seed=0, **kw):
-    cfg, model, text, full_plan, frames, captions = setup
+    cfg, model, text, full_plan, frames, captions = setup[:6]
     return train.training_batch(model, text, cfg, frames, captions, plan or full_plan, torch.Generator().manual_seed(seed),
                                 32, **kw)
 
@@ -33,23 +35,23 @@ def test_chunk0_share_draws_only_chunk0_forwards(setup):
     plan = setup[3]
     assert any(f.denoising[0].chunk_id != 0 for f in plan)
     for seed in range(8):
-        batch, _, ncl = _batch(setup, seed=seed, chunk0_frac=1.0)
+        batch, _, ncl, _ = _batch(setup, seed=seed, chunk0_frac=1.0)
         assert batch.chunk_ids[ncl] == 0 and ncl == 0
 
 
 def test_context_dropout_isolates_window_rows(setup):
     with_ctx = [f for f in setup[3] if len(f.denoising) >= 3]
-    batch, _, ncl = _batch(setup, plan=with_ctx, context_dropout=1.0)
+    batch, _, ncl, _ = _batch(setup, plan=with_ctx, context_dropout=1.0)
     assert all(s == c for s, c in zip(batch.kv_start[ncl:], batch.chunk_ids[ncl:]))
-    plain, _, ncl0 = _batch(setup, plan=with_ctx)
+    plain, _, ncl0, _ = _batch(setup, plan=with_ctx)
     assert any(s < c for s, c in zip(plain.kv_start[ncl0:], plain.chunk_ids[ncl0:]))
 
 
 def test_context_noise_noises_clean_rows_but_keeps_their_label(setup):
     cfg = setup[0]
     with_clean = [f for f in setup[3] if f.denoising[0].chunk_id >= 3]
-    clean, _, ncl = _batch(setup, plan=with_clean)
-    noisy, _, ncl2 = _batch(setup, plan=with_clean, context_noise=0.5)
+    clean, _, ncl, _ = _batch(setup, plan=with_clean)
+    noisy, _, ncl2, _ = _batch(setup, plan=with_clean, context_noise=0.5)
     assert ncl == ncl2 > 0
     assert torch.equal(noisy.t[:, :ncl], torch.full_like(noisy.t[:, :ncl], cfg.runtime.clean_t))
     assert not torch.allclose(noisy.x[:, :ncl], clean.x[:, :ncl])
@@ -70,3 +72,32 @@ def test_bad_fraction_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         train.main(["--out", str(tmp_path), "--context-dropout", "2"])
     assert e.value.code == 2
+
+
+def test_object_weight_follows_the_object_pixels(setup):
+    cfg, *_, alpha, rgb = setup
+    batch, target, ncl, weight = _batch(setup, alpha=alpha, rgb=rgb, fg_weight=3.0)
+    assert weight.shape == target.shape
+    assert weight.min() == 1.0 and weight.max() == 4.0  # background 1, fully covered object pixels 1 + 3
+    codec_w = (weight - 1) / 3  # coverage in latent layout; it must sit where the clip differs from its background
+    share = codec_w.mean().item()
+    assert 0.005 < share < 0.2, share
+    _, _, _, none = _batch(setup)
+    assert none is None
+
+
+def test_recolour_changes_only_noisy_inputs_and_keeps_the_true_target(setup):
+    cfg, *_, alpha, rgb = setup
+    plan0 = [f for f in setup[3] if f.denoising[0].chunk_id == 0 and len(f.denoising) >= 3]
+    plain, target0, ncl, _ = _batch(setup, plan=plan0)
+    rec, target, ncl2, _ = _batch(setup, plan=plan0, alpha=alpha, rgb=rgb, recolour_p=1.0, recolour_t=1.0)
+    assert ncl == ncl2 == 0 and torch.equal(plain.t, rec.t)
+    assert not torch.allclose(plain.x, rec.x)  # objects drawn in other colours (the same noise)
+    # the target still leads to the true clip: x_t + (1 - t) v = x1, for the recoloured input as for the plain one
+    tt = rec.t[:, :, None, None, None, None]
+    x1_plain = plain.x + (1 - tt) * target0
+    x1_rec = rec.x + (1 - tt) * target
+    first = (slice(None), 0, slice(None), slice(1, None))  # chunk 0 minus its first frame (the i2v paste)
+    torch.testing.assert_close(x1_rec[first], x1_plain[first], atol=1e-4, rtol=0)
+    high = _batch(setup, plan=plan0, alpha=alpha, rgb=rgb, recolour_p=1.0, recolour_t=0.0)[0]
+    torch.testing.assert_close(high.x, plain.x)  # no row below t = 0: inputs untouched

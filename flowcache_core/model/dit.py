@@ -389,17 +389,24 @@ class VideoDiT(nn.Module):
         x = self.embed_patches(xb.flatten(0, 1)).to(dtype).view(B, n, L, -1)  # (B, n, L, D)
         cond = self.condition(tb.flatten(), drop.flatten(), batch.distill_dt).to(dtype)  # (B*n, Dc)
         offsets = batch.time_offset if batch.time_offset is not None else [c * T for c in batch.chunk_ids]
-        sc = [self.rope.sin_cos(torch.arange(o, o + T), H, W) for o in offsets]
+        dev = self.rope.bands.device
+        sc = [self.rope.sin_cos(torch.arange(o, o + T, device=dev), H, W) for o in offsets]
         rope = (torch.stack([a for a, _ in sc]), torch.stack([b for _, b in sc]))  # (n, L, r) each
 
         # Captions: project once, trimmed to the last column any row uses. (B*n, Lc, D)
+        # Training keeps every column and always applies the row mask: reading the mask on the host would stall
+        # it until the GPU is idle, every step.
         mask = capm.flatten(0, 1).bool()
-        used = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
-        mask = mask[:, :used]
+        if not self.training:
+            used = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+            mask = mask[:, :used]
+        used = mask.shape[1]
         caption_tokens = self.y_embedder.y_proj_xattn(cap.flatten(0, 1)[:, :used].float()).to(dtype)
         any_valid = mask.any(1)
         attn_mask = (mask | ~any_valid[:, None])[:, None, None, :]  # rows with no token attend anywhere, then zeroed
-        caption_any = None if bool(any_valid.all()) else any_valid.to(dtype)[:, None, None, None]
+        caption_any = any_valid.to(dtype)[:, None, None, None]
+        if not self.training and bool(any_valid.all()):
+            caption_any = None
 
         dense_mask, row_spans = None, None
         if kv is None:
