@@ -53,7 +53,7 @@ def t2v(tiny_bundle_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("t2v")
     out, log = d / "out.mp4", d / "log.jsonl"
     result = gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--seed", 3, "--cache", "flowcache", "--lossless",
-                 "--json-log", log)
+                 "--rel-l1-thresh", 0.1, "--json-log", log)
     ok(result)
     return out, log, result
 
@@ -71,7 +71,7 @@ def test_t2v_prints_live_lines_and_summary(t2v):
     _, _, result = t2v
     # Not a terminal: one plain progress line per forward (on stderr), then the summary (stdout).
     assert "fwd 1/" in result.stderr and "c0 ■" in result.stderr and "KV " in result.stderr
-    assert "□" in result.stderr  # flowcache at the bundle's default threshold reuses something
+    assert "□" in result.stderr  # flowcache at rel-L1 0.1 reuses something (the default 0.01 may not, in 14 forwards)
     for word in ("computed", "skipped", "speedup", "peak memory", "process peak RSS", "sampling", "wrote"):
         assert word in result.stdout, word
     assert "Traceback" not in result.output
@@ -95,10 +95,12 @@ def test_json_log_one_object_per_forward_with_spec_schema(t2v):
 def test_same_seed_same_frames_other_seed_other_frames(t2v, tiny_bundle_dir, tmp_path):
     out, _, _ = t2v
     again, other = tmp_path / "again.mp4", tmp_path / "other.mp4"
-    result = gen(tiny_bundle_dir, again, "--prompt", PROMPT, "--seed", 3, "--cache", "flowcache", "--lossless", "--quiet")
+    result = gen(tiny_bundle_dir, again, "--prompt", PROMPT, "--seed", 3, "--cache", "flowcache", "--lossless",
+                 "--rel-l1-thresh", 0.1, "--quiet")
     ok(result)
     assert result.output.strip() == str(again)  # --quiet: the output path only
-    ok(gen(tiny_bundle_dir, other, "--prompt", PROMPT, "--seed", 4, "--cache", "flowcache", "--lossless", "--quiet"))
+    ok(gen(tiny_bundle_dir, other, "--prompt", PROMPT, "--seed", 4, "--cache", "flowcache", "--lossless",
+           "--rel-l1-thresh", 0.1, "--quiet"))
     a, b, c = read_video(out)[0], read_video(again)[0], read_video(other)[0]
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -101,3 +101,19 @@ def test_recolour_changes_only_noisy_inputs_and_keeps_the_true_target(setup):
     torch.testing.assert_close(x1_rec[first], x1_plain[first], atol=1e-4, rtol=0)
     high = _batch(setup, plan=plan0, alpha=alpha, rgb=rgb, recolour_p=1.0, recolour_t=0.0)[0]
     torch.testing.assert_close(high.x, plain.x)  # no row below t = 0: inputs untouched
+
+
+def test_same_seed_same_weights_with_the_v2_recipe(tmp_path):
+    """Training is a function of its seed: two runs of the shipped recipe's options end with identical weights."""
+    from flowcache_core.model.weights import read_state_dict
+
+    args = ["--steps", "3", "--batch", "2", "--workers", "0", "--device", "cpu", "--no-resume", "--seed", "5",
+            "--fg-weight", "3", "--recolour-p", "0.5", "--context-noise", "0.05", "--lr", "1e-3", "--warmup", "2",
+            "--rope-bands", "0.73,0.37,0.18,0.09", "--text-embed-norm", "8"]
+    for name in ("a", "b"):
+        train.main(["--out", str(tmp_path / name), *args])
+    a, b = (read_state_dict(tmp_path / n / "default_model") for n in ("a", "b"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = build_model(train.default_model_config().model, dtype=torch.float32, seed=5).state_dict()
+    assert not torch.equal(a["final_linear.linear.weight"].float(), start["final_linear.linear.weight"].to(torch.bfloat16).float())
