@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flowcache_core.config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
 from flowcache_core.errors import FlowcacheError
@@ -131,8 +130,7 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
                    dev_gen: torch.Generator | None = None, chunk0_frac: float = 0.0,
                    context_dropout: float = 0.0, context_noise: float = 0.0, *,
                    alpha: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
-                   fg_weight: float = 0.0, recolour_p: float = 0.0, recolour_t: float = 0.3,
-                   tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
+                   fg_weight: float = 0.0, recolour_p: float = 0.0, recolour_t: float = 0.3):
     """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan.
 
     Returns (batch, target, number of clean context rows, loss weight or None). `gen` (CPU) draws the forward
@@ -186,9 +184,9 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     paste = torch.rand(B, generator=dev_gen, device=dev) < I2V_PROB  # drawn before the optional parts' draws,
     drop = torch.rand(B, generator=dev_gen, device=dev) < CAPTION_DROPOUT  # so these stay as without them
     tt = t[:, :, None, None, None, None]
+    a = None if alpha is None else _to_device(alpha, dev).float() / 255  # (B, T, H, W, k) object coverage
     source = chunks  # what the noisy inputs are made from
-    if recolour_p > 0 and alpha is not None:
-        a = _to_device(alpha, dev).float() / 255  # (B, T, H, W, k)
+    if recolour_p > 0 and a is not None:
         k = a.shape[-1]
         palette = _to_device(torch.tensor(list(PALETTE.values()), dtype=torch.float32), dev)  # (P, 3)
         new = palette[torch.randint(len(palette), (B, k), generator=dev_gen, device=dev)]  # (B, k, 3)
@@ -208,16 +206,12 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
         j = ids.index(0)
         xt[:, j, :, 0] = torch.where(paste[:, None, None, None], chunks[:, j, :, 0], xt[:, j, :, 0])
     weight = None
-    if fg_weight > 0 and alpha is not None:
-        cover = _to_device(alpha, dev).amax(-1).float() / 255  # (B, T, H, W)
-        w = 1 + fg_weight * cover[:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
+    if fg_weight > 0 and a is not None:
+        w = 1 + fg_weight * a.amax(-1)[:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
         weight = rows(codec.encode(w))  # (B, n, C, cw, h, w): space-to-depth moves each pixel's weight with it
     # Captions: window rows get the prompt (or, 10% of videos, the null caption + dropped token); clean rows null.
-    if tokens is None:
-        emb, mask = text_encoder.encode(captions)  # (B, Lc, Dc), (B, Lc)
-    else:
-        ids_t, mask = (_to_device(z, dev) for z in tokens)
-        emb = text_encoder(ids_t, mask)
+    ids_t, mask = (_to_device(z, dev) for z in text_encoder.tokenize(captions))  # (B, Lc) each
+    emb = text_encoder(ids_t, mask)  # (B, Lc, Dc)
     null = model.y_embedder.null_caption_embedding[: emb.shape[1]].float()
     null_mask = (torch.arange(mask.shape[1], device=dev) < NULL_CAPTION_TOKENS).to(mask.dtype)
     cond = torch.where(drop[:, None, None], null[None], emb)
@@ -229,6 +223,29 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     batch = ChunkBatch(x=xt, t=t, chunk_ids=ids, kv_start=starts, caption=cap, caption_mask=cap_mask,
                        caption_dropped=dropped, write_kv=[False] * n)
     return batch, target, ncl, weight
+
+
+def _needs_alpha(tc: TrainConfig) -> bool:
+    """Whether the recipe reads object coverage (the loader then draws it with every clip)."""
+    return tc.fg_weight > 0 or tc.recolour_p > 0
+
+
+def step_loss(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, tc: TrainConfig, item: tuple, plan,
+              gen: torch.Generator, dev_gen: torch.Generator, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to minimise, plain MSE) of one loader item under the recipe `tc`: the plain MSE is what the log
+    shows, comparable across recipes; the loss weighs object pixels when `tc.fg_weight` > 0."""
+    frames, captions = item[0], item[1]
+    alpha, rgb = (item[2], item[3]) if _needs_alpha(tc) else (None, None)
+    batch, target, ncl, weight = training_batch(
+        model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen, tc.chunk0_frac,
+        tc.context_dropout, tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight,
+        recolour_p=tc.recolour_p, recolour_t=tc.recolour_t)
+    with amp:
+        v = model(batch)
+    err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
+    plain = err.mean()
+    loss = plain if weight is None else (err * weight[:, ncl:]).sum() / weight[:, ncl:].sum()
+    return loss, plain
 
 
 def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cuda", resume: bool = True,
@@ -283,9 +300,8 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, tc.num_steps_grid, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange,
                                      clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]
-    with_alpha = tc.fg_weight > 0 or tc.recolour_p > 0
     stream = WorldStream(tc.seed, tc.batch, rt.num_frames, rt.video_size_h, rt.video_size_w, start=step * 1,
-                         with_alpha=with_alpha)
+                         with_alpha=_needs_alpha(tc))
     on_gpu = str(device).startswith("cuda")
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, pin_memory=on_gpu,
                                          persistent_workers=tc.workers > 0, prefetch_factor=4 if tc.workers else None)
@@ -301,8 +317,6 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     t_wait = time.perf_counter()
     data_wait = 0.0
     for item in loader:
-        frames, captions = item[0], item[1]
-        alpha, rgb = (item[2], item[3]) if with_alpha else (None, None)
         data_wait += time.perf_counter() - t_wait
         if step >= tc.steps or (tc.time_limit_s and time.perf_counter() - t0 > tc.time_limit_s):
             break
@@ -315,16 +329,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        tokens = text.tokenize(captions)
-        batch, target, ncl, weight = training_batch(
-            model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen, tc.chunk0_frac,
-            tc.context_dropout, tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight,
-            recolour_p=tc.recolour_p, recolour_t=tc.recolour_t, tokens=tokens)
-        with amp:
-            v = model(batch)
-        err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
-        plain = err.mean()  # logged: comparable across recipes
-        loss = plain if weight is None else (err * weight[:, ncl:]).sum() / weight[:, ncl:].sum()
+        loss, plain = step_loss(model, text, cfg, tc, item, plan, gen, dev_gen, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -417,24 +422,15 @@ def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None 
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange, clean_chunk_kvrange=1) if not f.prefill]
     tc = tc or TrainConfig()
-    with_alpha = tc.fg_weight > 0 or tc.recolour_p > 0
+    with_alpha = _needs_alpha(tc)
     item = next(iter(WorldStream(0, batch, rt.num_frames, rt.video_size_h, rt.video_size_w, with_alpha=with_alpha)))
-    frames, captions = item[0], item[1]
-    alpha, rgb = (item[2], item[3]) if with_alpha else (None, None)
-    if device.startswith("cuda"):
-        frames, alpha, rgb = (z.pin_memory() if z is not None else None for z in (frames, alpha, rgb))
+    if device.startswith("cuda"):  # as the training loader's pin_memory gives them
+        item = tuple(z.pin_memory() if isinstance(z, torch.Tensor) else z for z in item)
     amp = _autocast(device, tc.precision)
     model.train(); text.train()
 
     def one():
-        b, target, ncl, weight = training_batch(
-            model, text, cfg, frames, captions, plan, gen, 32, dev_gen, tc.chunk0_frac, tc.context_dropout,
-            tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight, recolour_p=tc.recolour_p,
-            recolour_t=tc.recolour_t, tokens=text.tokenize(captions))
-        with amp:
-            v = model(b)
-        err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
-        loss = err.mean() if weight is None else (err * weight[:, ncl:]).sum() / weight[:, ncl:].sum()
+        loss, _ = step_loss(model, text, cfg, tc, item, plan, gen, dev_gen, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
