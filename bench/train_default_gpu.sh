@@ -19,7 +19,14 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/train}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # The v2 recipe (every call): object-weighted loss, recoloured noisy inputs, lightly noised context.
-RECIPE="--seed 0 --batch ${BATCH:-192} --workers ${WORKERS:-13} --lr ${LR:-1e-3} --warmup 300 --fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05"
+# RECIPE replaces it whole (the v3 continuation: README, "The default model").
+RECIPE=${RECIPE:-"--seed 0 --batch ${BATCH:-192} --workers ${WORKERS:-13} --lr ${LR:-1e-3} --warmup 300 --fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05"}
+if [ "${PROFILE:-0}" = 1 ]; then  # seconds per step of the recipe under autocast and with the bf16 compute copy
+  for prec in bf16 bf16-master; do
+    python3 -m flowcache_core.train --out /tmp/prof --profile $RECIPE --precision $prec > "$OUT/profile_$prec.log" 2>&1
+    echo "$prec: $(grep step_s "$OUT/profile_$prec.log" | tr '\n' ' ')"
+  done
+fi
 REPRO_STEPS=${REPRO_STEPS:-0}
 if [ "$REPRO_STEPS" -gt 0 ]; then
 python3 -m flowcache_core.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_a.log"

@@ -78,7 +78,11 @@ class TrainConfig:
     fg_weight: float = 0.0  # object pixels weigh 1 + this * coverage in the loss
     recolour_p: float = 0.0  # share of videos whose objects are recoloured in inputs with t < recolour_t
     recolour_t: float = 0.3
-    precision: str = "bf16"  # bf16: autocast over float32 weights; fp32: float32 with TF32 matmuls (no casts)
+    precision: str = "bf16"  # bf16: autocast over float32 weights; fp32: float32 with TF32 matmuls (no casts);
+    # bf16-master: forward/backward on a bf16 copy of the model (bf16 residual stream), float32 master weights
+    continue_schedule: bool = False  # resume the saved cosine (origin and end step) instead of `steps`
+    schedule_time_s: float | None = None  # fit_to_time: the cosine ends this long after the call's start (several
+    # calls share one cosine; default: the call's time_limit_s)
 
 
 class WorldStream(torch.utils.data.IterableDataset):
@@ -108,16 +112,47 @@ def _to_device(x: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
 
 
+PRECISIONS = ("bf16", "fp32", "bf16-master")
+
+
 def _autocast(device: str, precision: str):
-    """bf16 autocast on a GPU, or nothing (float32; on a GPU its matmuls in TF32)."""
-    if precision not in ("bf16", "fp32"):
-        raise FlowcacheError(f"precision {precision!r} unknown (allowed: bf16, fp32)")
+    """bf16 autocast on a GPU, or nothing (float32, on a GPU its matmuls in TF32; or bf16-master, whose
+    compute copy is bf16 already)."""
+    if precision not in PRECISIONS:
+        raise FlowcacheError(f"precision {precision!r} unknown (allowed: {', '.join(PRECISIONS)})")
     on_gpu = str(device).startswith("cuda")
-    if on_gpu and precision == "fp32":
+    if on_gpu and precision != "bf16":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16") if on_gpu \
         else torch.autocast("cpu", enabled=False)
+
+
+class Bf16Compute:
+    """A bf16 copy of the DiT that each step's forward and backward run on, beside the float32 model that keeps
+    the master weights (the optimizer, EMA and saved state see only those).
+
+    Why: under autocast the residual stream stays float32 and every norm runs in float32 on float32 copies of
+    bf16 matmul outputs: LayerNorm and dtype casts took 64 % of a training step's GPU time (docs/PERFORMANCE.md).
+    The copy keeps MAGI-1's float32 modules (embedders, final linear, norm params) as `set_dtype` does; bf16
+    master weights would lose AdamW updates below bf16's resolution, hence the float32 masters.
+    """
+
+    def __init__(self, model: VideoDiT):
+        self.model = copy.deepcopy(model).set_dtype(torch.bfloat16)
+        self._master = list(model.parameters())
+        self._compute = list(self.model.parameters())
+
+    def pull_weights(self) -> None:
+        """Master weights -> compute copy (rounded to bf16 where the copy is bf16)."""
+        with torch.no_grad():
+            torch._foreach_copy_(self._compute, self._master)
+
+    def push_grads(self) -> None:
+        """Compute copy's gradients -> the masters' .grad in float32 (then the copy's are dropped)."""
+        for m, c in zip(self._master, self._compute):
+            m.grad = None if c.grad is None else c.grad.float()
+            c.grad = None
 
 
 def _grid(u: torch.Tensor) -> torch.Tensor:
@@ -306,13 +341,20 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, pin_memory=on_gpu,
                                          persistent_workers=tc.workers > 0, prefetch_factor=4 if tc.workers else None)
     amp = _autocast(device, tc.precision)
+    compute = Bf16Compute(model) if tc.precision == "bf16-master" else None
+    fwd = compute.model if compute else model  # what forward and backward run on
     t0 = time.perf_counter()
     start_step = step
     s0 = start_step if tc.warm_restart else 0  # the learning-rate schedule's origin
+    if tc.continue_schedule:
+        sched = saved_schedule(state_dir) if resume else None
+        if sched is None:
+            raise FlowcacheError(f"continue_schedule: no saved schedule in {state_dir} (a state saved by this version)")
+        s0, tc.steps = sched
     t_rate = t0
     loss_sum, loss_n = torch.zeros((), device=device), 0  # summed on the device: no per-step host sync
     history = []
-    model.train(); text.train()
+    model.train(); text.train(); fwd.train()
     ema_params, live_params = list(ema.parameters()) + list(ema_text.parameters()), params
     t_wait = time.perf_counter()
     data_wait = 0.0
@@ -322,16 +364,23 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             break
         if tc.fit_to_time and tc.time_limit_s and step == start_step + 150:  # end the cosine with the time budget
             rate = 100 / (time.perf_counter() - t_rate)
-            tc.steps = min(tc.steps, int(step + (tc.time_limit_s - (time.perf_counter() - t0)) * rate * 0.98))
+            horizon = tc.schedule_time_s or tc.time_limit_s
+            tc.steps = min(tc.steps, int(step + (horizon - (time.perf_counter() - t0)) * rate * 0.98))
+            if log:
+                log({"step": step, "schedule_end": tc.steps, "steps_per_s": round(rate, 3)})
         if step == start_step + 50:  # after start-up (workers, allocator)
             t_rate = time.perf_counter()
         lr = tc.lr * min(1.0, (step - s0 + 1) / tc.warmup) * 0.5 * (
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        loss, plain = step_loss(model, text, cfg, tc, item, plan, gen, dev_gen, amp)
+        if compute:
+            compute.pull_weights()
+        loss, plain = step_loss(fwd, text, cfg, tc, item, plan, gen, dev_gen, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if compute:
+            compute.push_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
@@ -349,7 +398,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             loss_n = 0
             if log:
                 log(rec)
-    save_train_state(state_dir, model, text, ema, ema_text, opt, step)
+    save_train_state(state_dir, model, text, ema, ema_text, opt, step, schedule=(s0, tc.steps))
     export_default_model(ema, ema_text, cfg, out / "default_model")
     with open(out / "loss_history.jsonl", "a") as fh:
         for rec in history:
@@ -357,10 +406,14 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     return {"steps": step, "seconds": time.perf_counter() - t0, "history": history}
 
 
-def save_train_state(d: Path, model, text, ema, ema_text, opt, step: int) -> None:
+def save_train_state(d: Path, model, text, ema, ema_text, opt, step: int,
+                     schedule: tuple[int, int] | None = None) -> None:
     """Everything needed to resume, as bf16 safetensors shards of at most 15 MB (so it travels back from a
-    lent GPU machine). bf16 moments and weights make a resumed run close to, not bit-identical with, one run."""
+    lent GPU machine). bf16 moments and weights make a resumed run close to, not bit-identical with, one run.
+    schedule: the cosine's (origin, end) step, for a later call with continue_schedule."""
     sd: dict[str, torch.Tensor] = {"step": torch.tensor([step])}
+    if schedule is not None:
+        sd["schedule"] = torch.tensor(list(schedule))
     for prefix, m in (("model.", model), ("text.", text), ("ema.", ema), ("ema_text.", ema_text)):
         sd.update({prefix + k: v.detach().to(torch.bfloat16) for k, v in m.state_dict().items()})
     for i, st in opt.state_dict()["state"].items():
@@ -368,6 +421,12 @@ def save_train_state(d: Path, model, text, ema, ema_text, opt, step: int) -> Non
         sd[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].to(torch.bfloat16)
         sd[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
     save_weights(sd, d, max_shard_bytes=15_000_000)
+
+
+def saved_schedule(d: Path) -> tuple[int, int] | None:
+    """The (origin, end) step of the cosine a saved state was trained under, None if it does not say."""
+    sd = read_state_dict(d) if Path(d).is_dir() else {}
+    return tuple(int(v) for v in sd["schedule"]) if "schedule" in sd else None
 
 
 def load_train_state(d: Path, model, text, ema, ema_text, opt) -> int:
@@ -427,12 +486,18 @@ def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None 
     if device.startswith("cuda"):  # as the training loader's pin_memory gives them
         item = tuple(z.pin_memory() if isinstance(z, torch.Tensor) else z for z in item)
     amp = _autocast(device, tc.precision)
-    model.train(); text.train()
+    compute = Bf16Compute(model) if tc.precision == "bf16-master" else None
+    fwd = compute.model if compute else model
+    model.train(); text.train(); fwd.train()
 
     def one():
-        loss, _ = step_loss(model, text, cfg, tc, item, plan, gen, dev_gen, amp)
+        if compute:
+            compute.pull_weights()
+        loss, _ = step_loss(fwd, text, cfg, tc, item, plan, gen, dev_gen, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if compute:
+            compute.push_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         return loss
@@ -502,8 +567,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recolour-p", type=float, default=0.0,
                     help="share of videos whose objects are recoloured in the inputs of rows with t < --recolour-t")
     ap.add_argument("--recolour-t", type=float, default=0.3)
-    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                    help="bf16 autocast over float32 weights, or float32 (TF32 matmuls on a GPU)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                    help="bf16 autocast over float32 weights; float32 (TF32 matmuls on a GPU); or bf16-master: "
+                         "forward/backward on a bf16 copy, float32 master weights")
+    ap.add_argument("--continue-schedule", action="store_true",
+                    help="resume the saved state's cosine (origin and end step) instead of --steps")
+    ap.add_argument("--schedule-time", type=float, default=None,
+                    help="with --fit-to-time: end the cosine this many seconds after the start (default --time-limit)")
     a = ap.parse_args(argv)
     if a.fg_weight < 0:
         ap.error(f"--fg-weight {a.fg_weight!r} must be >= 0")
@@ -519,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
         n = default_model_config().model.kv_channels // 8
         if len(bands) != n:
             ap.error(f"--rope-bands {a.rope_bands!r}: the default model has {n} bands per axis, got {len(bands)}")
+    if a.continue_schedule and a.warm_restart:
+        ap.error("--continue-schedule and --warm-restart exclude each other (one resumes the saved cosine, one starts a new one)")
     if a.export_only:
         export_from_state(Path(a.out))
         return
@@ -527,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
                      rope_bands=bands, init_from=a.init_from, text_embed_norm=a.text_embed_norm,
                      text_lr_mult=a.text_lr_mult, chunk0_frac=a.chunk0_frac, context_dropout=a.context_dropout,
                      context_noise=a.context_noise, fg_weight=a.fg_weight, recolour_p=a.recolour_p,
-                     recolour_t=a.recolour_t, precision=a.precision)
+                     recolour_t=a.recolour_t, precision=a.precision, continue_schedule=a.continue_schedule,
+                     schedule_time_s=a.schedule_time)
     if a.profile:
         profile_steps(a.batch, a.device, a.workers, tc)
         return

@@ -1,10 +1,13 @@
 """Training batches of the default model: chunk-0 share, context dropout, context noise, object-weighted loss,
 recoloured inputs."""
+import math
+
 import pytest
 import torch
 
 from flowcache_core import train
 from flowcache_core.bundle import default_model_dir
+from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.dit import build_model
 from flowcache_core.model.text import WordTextEncoder, load_text_encoder
 from flowcache_core.schedule import plan_forwards
@@ -117,3 +120,52 @@ def test_same_seed_same_weights_with_the_v2_recipe(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = build_model(train.default_model_config().model, dtype=torch.float32, seed=5).state_dict()
     assert not torch.equal(a["final_linear.linear.weight"].float(), start["final_linear.linear.weight"].to(torch.bfloat16).float())
+
+
+def test_bf16_master_trains_a_bf16_copy_and_keeps_float32_masters(tmp_path):
+    """bf16-master: forward/backward on a bf16 copy, the optimizer on float32 masters; the losses follow the
+    float32 run's closely (the copy rounds weights and activations to bf16, nothing else changes)."""
+    from flowcache_core.model.weights import read_state_dict
+
+    losses = {}
+    for prec in ("fp32", "bf16-master"):
+        tc = train.TrainConfig(steps=3, batch=2, workers=0, log_every=1, seed=3, warmup=1, precision=prec)
+        r = train.train_default(tmp_path / prec, tc, device="cpu", resume=False)
+        losses[prec] = [h["loss"] for h in r["history"]]
+    assert losses["fp32"][0] == pytest.approx(losses["bf16-master"][0], rel=1e-6)  # zero-init output: same loss
+    assert losses["fp32"][1:] == pytest.approx(losses["bf16-master"][1:], rel=0.02)
+    assert losses["fp32"][1:] != losses["bf16-master"][1:]  # it did run in bf16
+    sd = read_state_dict(tmp_path / "bf16-master" / "state")
+    assert sd["schedule"].tolist() == [0, 3]
+
+    cfg = train.default_model_config()
+    model = build_model(cfg.model, dtype=torch.float32, seed=0)
+    comp = train.Bf16Compute(model)
+    assert comp.model.videodit_blocks.layers[0].mlp.linear_fc1.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        model.videodit_blocks.layers[0].mlp.linear_fc1.weight.add_(1.0)
+    comp.pull_weights()
+    torch.testing.assert_close(comp.model.videodit_blocks.layers[0].mlp.linear_fc1.weight.float(),
+                               model.videodit_blocks.layers[0].mlp.linear_fc1.weight, atol=2e-2, rtol=1e-2)
+    comp.model.videodit_blocks.layers[0].mlp.linear_fc1.weight.grad = torch.ones(768, 256, dtype=torch.bfloat16)
+    comp.push_grads()
+    g = model.videodit_blocks.layers[0].mlp.linear_fc1.weight.grad
+    assert g.dtype == torch.float32 and bool((g == 1).all())
+    assert comp.model.videodit_blocks.layers[0].mlp.linear_fc1.weight.grad is None
+
+
+def test_continue_schedule_resumes_the_saved_cosine(tmp_path):
+    """A later call with --continue-schedule keeps the first call's learning-rate curve (origin and end step)."""
+    base = ["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--device", "cpu", "--seed", "1", "--warmup", "1"]
+    train.main([*base, "--steps", "6", "--time-limit", "0.001", "--no-resume"])  # stops at once, saves the state
+    with pytest.raises(SystemExit):  # the two resume modes exclude each other
+        train.main([*base, "--continue-schedule", "--warm-restart"])
+    assert train.saved_schedule(tmp_path / "state") == (0, 6)
+    tc = train.TrainConfig(steps=99, batch=2, workers=0, seed=1, warmup=1, log_every=1, continue_schedule=True)
+    r = train.train_default(tmp_path, tc, device="cpu", resume=True)
+    assert r["steps"] == 6  # ended where the saved cosine ends, not at --steps 99
+    lrs = [h["lr"] for h in r["history"]]
+    start = r["history"][0]["step"] - 1
+    assert lrs[0] == pytest.approx(tc.lr * 0.5 * (1 + math.cos(math.pi * start / 6)))
+    with pytest.raises(FlowcacheError):
+        train.train_default(tmp_path / "fresh", tc, device="cpu", resume=True)
