@@ -17,12 +17,17 @@ lint:
 	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests
 	$(PY) -m pyflakes flowcache_core flowcache_cli bench tests
 
-TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 192 --workers 13 --warmup 300 \
-	--fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05
-default-model:      ## on a GPU: the shipped default model's three phases (seed 0, v2 recipe), exported to out/train/default_model
-	$(TRAIN) --no-resume --lr 1e-3 --steps 6217 --time-limit 450 --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8
-	$(TRAIN) --lr 1e-3 --steps 100000 --time-limit 440 --fit-to-time
-	$(TRAIN) --lr 3e-4 --steps 100000 --time-limit 215 --fit-to-time --warm-restart --warmup 100
+TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 192 --workers 13 --recolour-p 0.5 --recolour-t 0.3 \
+	--context-noise 0.05
+V2 = --warmup 300 --fg-weight 3
+V3 = --warmup 200 --fg-weight 1 --lr 5e-4 --precision bf16-master --steps 100000
+default-model:      ## on a GPU: the shipped default model's five phases (seed 0: v2's three, then v3's first two), exported to out/train/default_model
+	$(TRAIN) $(V2) --no-resume --lr 1e-3 --steps 6217 --time-limit 450 --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8
+	$(TRAIN) $(V2) --lr 1e-3 --steps 100000 --time-limit 440 --fit-to-time
+	$(TRAIN) $(V2) --lr 3e-4 --steps 100000 --time-limit 215 --fit-to-time --warm-restart --warmup 100
+	$(TRAIN) $(V3) --time-limit 420 --fit-to-time --schedule-time 1380 --warm-restart
+	$(TRAIN) $(V3) --time-limit 500 --continue-schedule
+# v3's third call ran too (--time-limit 465 --fit-to-time --continue-schedule, to step 14,262) and was not shipped.
 
 lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
 	sh scripts/fetch_lpips_weights.sh

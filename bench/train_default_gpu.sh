@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Train the default model on the GPU machine, one call (at most 10 minutes) at a time: optionally two short
 # identical runs (reproducibility), then one phase under a time limit, then optionally a quick judge on the GPU.
-# The shipped model (v2) is three calls, the three lines of `make default-model` (README, "The default model"):
-#   call 1: STEPS=6217 TIME_LIMIT=450 TRAIN_ARGS="--no-resume --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8" \
+# The shipped model (v3) is five calls, the five lines of `make default-model` (README, "The default model"):
+#   v2, call 1: STEPS=6217 TIME_LIMIT=450 TRAIN_ARGS="--no-resume --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8" \
 #           bash bench/train_default_gpu.sh                                                      (fresh)
-#   call 2: RESUME=1 STEPS=100000 TIME_LIMIT=440 FIT=1 bash bench/train_default_gpu.sh           (same cosine,
+#   v2, call 2: RESUME=1 STEPS=100000 TIME_LIMIT=440 FIT=1 bash bench/train_default_gpu.sh       (same cosine,
 #           fitted to end with this call; RESUME_FROM=<returned state dir> on a fresh machine)
-#   call 3: RESUME=1 STEPS=100000 TIME_LIMIT=215 FIT=1 LR=3e-4 TRAIN_ARGS="--warm-restart --warmup 100" ...
+#   v2, call 3: RESUME=1 STEPS=100000 TIME_LIMIT=215 FIT=1 LR=3e-4 TRAIN_ARGS="--warm-restart --warmup 100" ...
 #           (a later --warmup wins over the recipe's)
+#   v3 (one cosine over three calls, from v2's state), with
+#     RECIPE="--seed 0 --batch 192 --workers 13 --lr 5e-4 --warmup 200 --fg-weight 1 --recolour-p 0.5 --recolour-t 0.3
+#             --context-noise 0.05 --precision bf16-master":
+#   v3, call 1: RESUME_FROM=<v2 state> STEPS=100000 TIME_LIMIT=420 FIT=1 TRAIN_ARGS="--warm-restart --schedule-time 1380"
+#   v3, call 2: RESUME=1 STEPS=100000 TIME_LIMIT=500 TRAIN_ARGS="--continue-schedule"
+#   v3, call 3 (ran, not shipped): RESUME=1 STEPS=100000 TIME_LIMIT=465 FIT=1 TRAIN_ARGS="--continue-schedule"
+# PROFILE=1 first times the recipe's step under bf16 autocast and with the bf16 compute copy.
 # $OUT gets the logs, state/ (bf16 shards < 16 MB) and default_model/; a bundle from a state dir:
 #   python -m flowcache_core.train --out <dir holding state/> --export-only
 set -euo pipefail

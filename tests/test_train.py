@@ -106,13 +106,15 @@ def test_recolour_changes_only_noisy_inputs_and_keeps_the_true_target(setup):
     torch.testing.assert_close(high.x, plain.x)  # no row below t = 0: inputs untouched
 
 
-def test_same_seed_same_weights_with_the_v2_recipe(tmp_path):
-    """Training is a function of its seed: two runs of the shipped recipe's options end with identical weights."""
+@pytest.mark.parametrize("extra", [["--fg-weight", "3"], ["--fg-weight", "1", "--precision", "bf16-master"]],
+                         ids=["v2", "v3"])
+def test_same_seed_same_weights_with_the_shipped_recipes(tmp_path, extra):
+    """Training is a function of its seed: two runs of the shipped recipes' options end with identical weights."""
     from flowcache_core.model.weights import read_state_dict
 
     args = ["--steps", "3", "--batch", "2", "--workers", "0", "--device", "cpu", "--no-resume", "--seed", "5",
-            "--fg-weight", "3", "--recolour-p", "0.5", "--context-noise", "0.05", "--lr", "1e-3", "--warmup", "2",
-            "--rope-bands", "0.73,0.37,0.18,0.09", "--text-embed-norm", "8"]
+            "--recolour-p", "0.5", "--context-noise", "0.05", "--lr", "1e-3", "--warmup", "2",
+            "--rope-bands", "0.73,0.37,0.18,0.09", "--text-embed-norm", "8", *extra]
     for name in ("a", "b"):
         train.main(["--out", str(tmp_path / name), *args])
     a, b = (read_state_dict(tmp_path / n / "default_model") for n in ("a", "b"))
