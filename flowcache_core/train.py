@@ -283,6 +283,28 @@ def step_loss(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, tc: Train
     return loss, plain
 
 
+def compute_copy(model: VideoDiT, tc: TrainConfig) -> Bf16Compute | None:
+    """The bf16 compute copy the recipe's precision asks for, or None (forward and backward on `model`)."""
+    return Bf16Compute(model) if tc.precision == "bf16-master" else None
+
+
+def optimizer_step(model: VideoDiT, compute: Bf16Compute | None, text: WordTextEncoder, cfg: MagiConfig,
+                   tc: TrainConfig, item: tuple, plan, gen: torch.Generator, dev_gen: torch.Generator, amp,
+                   opt: torch.optim.Optimizer, params: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on one loader item (the training loop's and the profiler's): forward and backward on
+    the compute copy when there is one, gradients clipped to norm 1, AdamW on `params`. Returns step_loss's."""
+    if compute:
+        compute.pull_weights()
+    loss, plain = step_loss(compute.model if compute else model, text, cfg, tc, item, plan, gen, dev_gen, amp)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if compute:
+        compute.push_grads()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss, plain
+
+
 def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cuda", resume: bool = True,
                   log: Callable[[dict], None] | None = None) -> dict:
     """Train (or resume) the default model into `out_dir`; returns a summary."""
@@ -319,10 +341,10 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     ema = copy.deepcopy(model).requires_grad_(False)
     ema_text = copy.deepcopy(text).requires_grad_(False)
-    step = 0
+    step, sched = 0, None  # sched: the saved cosine's (origin, end) step
     state_dir = out / "state"
     if resume and state_dir.is_dir():
-        step = load_train_state(state_dir, model, text, ema, ema_text, opt)
+        step, sched = load_train_state(state_dir, model, text, ema, ema_text, opt)
     if tc.rope_bands is not None:
         # The 4 bands MAGI-1's formula gives a 32-dim head (1, 0.1, 0.01, 0.001 rad per unit) leave an 8x8 patch grid
         # almost without position: neighbours are 2.1 units apart, so the two slow bands barely turn and the
@@ -341,20 +363,20 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=tc.workers, pin_memory=on_gpu,
                                          persistent_workers=tc.workers > 0, prefetch_factor=4 if tc.workers else None)
     amp = _autocast(device, tc.precision)
-    compute = Bf16Compute(model) if tc.precision == "bf16-master" else None
-    fwd = compute.model if compute else model  # what forward and backward run on
+    compute = compute_copy(model, tc)
     t0 = time.perf_counter()
     start_step = step
     s0 = start_step if tc.warm_restart else 0  # the learning-rate schedule's origin
     if tc.continue_schedule:
-        sched = saved_schedule(state_dir) if resume else None
         if sched is None:
             raise FlowcacheError(f"continue_schedule: no saved schedule in {state_dir} (a state saved by this version)")
         s0, tc.steps = sched
     t_rate = t0
     loss_sum, loss_n = torch.zeros((), device=device), 0  # summed on the device: no per-step host sync
     history = []
-    model.train(); text.train(); fwd.train()
+    model.train(); text.train()
+    if compute:
+        compute.model.train()
     ema_params, live_params = list(ema.parameters()) + list(ema_text.parameters()), params
     t_wait = time.perf_counter()
     data_wait = 0.0
@@ -374,15 +396,7 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
             1 + math.cos(math.pi * min(1.0, (step - s0) / max(1, tc.steps - s0))))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        if compute:
-            compute.pull_weights()
-        loss, plain = step_loss(fwd, text, cfg, tc, item, plan, gen, dev_gen, amp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if compute:
-            compute.push_grads()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _, plain = optimizer_step(model, compute, text, cfg, tc, item, plan, gen, dev_gen, amp, opt, params)
         with torch.no_grad():
             d = min(tc.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, live_params, 1 - d)
@@ -423,13 +437,9 @@ def save_train_state(d: Path, model, text, ema, ema_text, opt, step: int,
     save_weights(sd, d, max_shard_bytes=15_000_000)
 
 
-def saved_schedule(d: Path) -> tuple[int, int] | None:
-    """The (origin, end) step of the cosine a saved state was trained under, None if it does not say."""
-    sd = read_state_dict(d) if Path(d).is_dir() else {}
-    return tuple(int(v) for v in sd["schedule"]) if "schedule" in sd else None
-
-
-def load_train_state(d: Path, model, text, ema, ema_text, opt) -> int:
+def load_train_state(d: Path, model, text, ema, ema_text, opt) -> tuple[int, tuple[int, int] | None]:
+    """Load a saved state into the given modules and optimizer; returns (step, the cosine's (origin, end) step,
+    None for a state saved before the schedule was)."""
     sd = read_state_dict(d)
     for prefix, m in (("model.", model), ("text.", text), ("ema.", ema), ("ema_text.", ema_text)):
         own = m.state_dict()
@@ -440,7 +450,8 @@ def load_train_state(d: Path, model, text, ema, ema_text, opt) -> int:
                         "exp_avg": sd[f"opt.{i}.exp_avg"].float(), "exp_avg_sq": sd[f"opt.{i}.exp_avg_sq"].float()}
                     for i in range(n) if f"opt.{i}.exp_avg" in sd}
     opt.load_state_dict(osd)
-    return int(sd["step"][0])
+    sched = tuple(int(v) for v in sd["schedule"]) if "schedule" in sd else None
+    return int(sd["step"][0]), sched
 
 
 def export_from_state(out: Path) -> None:
@@ -486,21 +497,13 @@ def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None 
     if device.startswith("cuda"):  # as the training loader's pin_memory gives them
         item = tuple(z.pin_memory() if isinstance(z, torch.Tensor) else z for z in item)
     amp = _autocast(device, tc.precision)
-    compute = Bf16Compute(model) if tc.precision == "bf16-master" else None
-    fwd = compute.model if compute else model
-    model.train(); text.train(); fwd.train()
+    compute = compute_copy(model, tc)
+    model.train(); text.train()
+    if compute:
+        compute.model.train()
 
     def one():
-        if compute:
-            compute.pull_weights()
-        loss, _ = step_loss(fwd, text, cfg, tc, item, plan, gen, dev_gen, amp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if compute:
-            compute.push_grads()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss
+        return optimizer_step(model, compute, text, cfg, tc, item, plan, gen, dev_gen, amp, opt, params)[0]
 
     for _ in range(20):
         one()

@@ -10,6 +10,7 @@ from flowcache_core.bundle import default_model_dir
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.dit import build_model
 from flowcache_core.model.text import WordTextEncoder, load_text_encoder
+from flowcache_core.model.weights import read_state_dict
 from flowcache_core.schedule import plan_forwards
 from flowcache_core.world import sample_clip_batch
 
@@ -110,8 +111,6 @@ def test_recolour_changes_only_noisy_inputs_and_keeps_the_true_target(setup):
                          ids=["v2", "v3"])
 def test_same_seed_same_weights_with_the_shipped_recipes(tmp_path, extra):
     """Training is a function of its seed: two runs of the shipped recipes' options end with identical weights."""
-    from flowcache_core.model.weights import read_state_dict
-
     args = ["--steps", "3", "--batch", "2", "--workers", "0", "--device", "cpu", "--no-resume", "--seed", "5",
             "--recolour-p", "0.5", "--context-noise", "0.05", "--lr", "1e-3", "--warmup", "2",
             "--rope-bands", "0.73,0.37,0.18,0.09", "--text-embed-norm", "8", *extra]
@@ -127,8 +126,6 @@ def test_same_seed_same_weights_with_the_shipped_recipes(tmp_path, extra):
 def test_bf16_master_trains_a_bf16_copy_and_keeps_float32_masters(tmp_path):
     """bf16-master: forward/backward on a bf16 copy, the optimizer on float32 masters; the losses follow the
     float32 run's closely (the copy rounds weights and activations to bf16, nothing else changes)."""
-    from flowcache_core.model.weights import read_state_dict
-
     losses = {}
     for prec in ("fp32", "bf16-master"):
         tc = train.TrainConfig(steps=3, batch=2, workers=0, log_every=1, seed=3, warmup=1, precision=prec)
@@ -162,7 +159,7 @@ def test_continue_schedule_resumes_the_saved_cosine(tmp_path):
     train.main([*base, "--steps", "6", "--time-limit", "0.001", "--no-resume"])  # stops at once, saves the state
     with pytest.raises(SystemExit):  # the two resume modes exclude each other
         train.main([*base, "--continue-schedule", "--warm-restart"])
-    assert train.saved_schedule(tmp_path / "state") == (0, 6)
+    assert read_state_dict(tmp_path / "state")["schedule"].tolist() == [0, 6]
     tc = train.TrainConfig(steps=99, batch=2, workers=0, seed=1, warmup=1, log_every=1, continue_schedule=True)
     r = train.train_default(tmp_path, tc, device="cpu", resume=True)
     assert r["steps"] == 6  # ended where the saved cosine ends, not at --steps 99
