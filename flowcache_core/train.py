@@ -133,7 +133,7 @@ class Bf16Compute:
     the master weights (the optimizer, EMA and saved state see only those).
 
     Why: under autocast the residual stream stays float32 and every norm runs in float32 on float32 copies of
-    bf16 matmul outputs: LayerNorm and dtype casts took 64 % of a training step's GPU time (docs/PERFORMANCE.md).
+    bf16 matmul outputs: LayerNorm and dtype casts took over half of a training step's GPU time (docs/PERFORMANCE.md).
     The copy keeps MAGI-1's float32 modules (embedders, final linear, norm params) as `set_dtype` does; bf16
     master weights would lose AdamW updates below bf16's resolution, hence the float32 masters.
     """
