@@ -21,13 +21,19 @@ TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 --batch 192 --wor
 	--context-noise 0.05
 V2 = --warmup 300 --fg-weight 3
 V3 = --warmup 200 --fg-weight 1 --lr 5e-4 --precision bf16-master --steps 100000
-default-model:      ## on a GPU: the shipped default model's five phases (seed 0: v2's three, then v3's first two), exported to out/train/default_model
+V4 = $(PY) -m flowcache_core.train --out out/train_v4 --no-resume --seed 1 --batch 192 --workers 13 --lr 3e-4 --warmup 100 \
+	--fg-weight 1 --motion-weight 10 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05 --precision bf16-master \
+	--steps 3000 --time-limit 450
+default-model:      ## on a GPU: the shipped default model's six phases (v2's three, v3's two, v4's motion fine-tune), exported to out/train_v4/default_model
 	$(TRAIN) $(V2) --no-resume --lr 1e-3 --steps 6217 --time-limit 450 --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8
 	$(TRAIN) $(V2) --lr 1e-3 --steps 100000 --time-limit 440 --fit-to-time
 	$(TRAIN) $(V2) --lr 3e-4 --steps 100000 --time-limit 215 --fit-to-time --warm-restart --warmup 100
 	$(TRAIN) $(V3) --time-limit 420 --fit-to-time --schedule-time 1380 --warm-restart
 	$(TRAIN) $(V3) --time-limit 500 --continue-schedule
+	$(V4) --init-from out/train/default_model
 # v3's third call ran too (--time-limit 465 --fit-to-time --continue-schedule, to step 14,262) and was not shipped.
+# v4: a fresh optimizer on v3's exported (EMA) weights, seed 1, the motion-weighted loss; the shipped run stopped on
+# its time limit at step 2,934 of the 3,000-step cosine (lr by then 4e-7).
 
 lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
 	sh scripts/fetch_lpips_weights.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the default model on the GPU machine, one call (at most 10 minutes) at a time: optionally two short
 # identical runs (reproducibility), then one phase under a time limit, then optionally a quick judge on the GPU.
-# The shipped model (v3) is five calls, the five lines of `make default-model` (README, "The default model"):
+# The shipped model (v4) is six calls, the six lines of `make default-model` (README, "The default model"):
 #   v2, call 1: STEPS=6217 TIME_LIMIT=450 TRAIN_ARGS="--no-resume --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8" \
 #           bash bench/train_default_gpu.sh                                                      (fresh)
 #   v2, call 2: RESUME=1 STEPS=100000 TIME_LIMIT=440 FIT=1 bash bench/train_default_gpu.sh       (same cosine,
@@ -14,6 +14,10 @@
 #   v3, call 1: RESUME_FROM=<v2 state> STEPS=100000 TIME_LIMIT=420 FIT=1 TRAIN_ARGS="--warm-restart --schedule-time 1380"
 #   v3, call 2: RESUME=1 STEPS=100000 TIME_LIMIT=500 TRAIN_ARGS="--continue-schedule"
 #   v3, call 3 (ran, not shipped): RESUME=1 STEPS=100000 TIME_LIMIT=465 FIT=1 TRAIN_ARGS="--continue-schedule"
+#   v4 (shipped; a fresh optimizer on v3's exported weights, the motion-weighted loss), with
+#     RECIPE="--seed 1 --batch 192 --workers 13 --lr 3e-4 --warmup 100 --fg-weight 1 --motion-weight 10 --recolour-p 0.5
+#             --recolour-t 0.3 --context-noise 0.05 --precision bf16-master --init-from <v3 bundle> --no-resume":
+#   v4, one call: STEPS=3000 TIME_LIMIT=450 (stopped by the time limit at step 2,934 on an H100)
 # PROFILE=1 first times the recipe's step under bf16 autocast and with the bf16 compute copy.
 # $OUT gets the logs, state/ (bf16 shards < 16 MB) and default_model/; a bundle from a state dir:
 #   python -m flowcache_core.train --out <dir holding state/> --export-only

@@ -227,6 +227,13 @@ class Sampler:
         self._last_access = acc
         return acc
 
+    def cfg_passes(self) -> int:
+        """DiT passes per forward: 1 (cfg_number 1), 3 (MAGI-1's CFG), or 2 when every prev_chunk_scale is 1:
+        then the unconditional pass has weight 0 and only the text and null-caption passes run."""
+        if self.rt.cfg_number == 1:
+            return 1
+        return 2 if all(sp == 1.0 for sp in self.rt.prev_chunk_scales) else 3
+
     def _velocity(self, rows: list[Row], f: Forward, near_dup: bool) -> torch.Tensor:
         """Velocities of `rows` (clean rows included, their outputs unused): one pass or MAGI-1's 3-pass CFG."""
         t = [self.rt.clean_t if r.clean else float(self.ts[r.step]) for r in rows]
@@ -240,9 +247,12 @@ class Sampler:
         den = [i for i, r in enumerate(rows) if not r.clean]
         if not den:  # only a clean chunk's K/V was needed this forward
             return v_pre
-        v_unc = torch.zeros_like(v_pre)
-        v_unc[den] = self._pass([rows[i] for i in den], [t[i] for i in den], f, "null", True, None,
-                                [False] * len(den), False)
+        if self.cfg_passes() == 2:
+            v_unc = v_pre  # its weight below is 1 - sp = 0: text-only guidance, the third pass is not needed
+        else:
+            v_unc = torch.zeros_like(v_pre)
+            v_unc[den] = self._pass([rows[i] for i in den], [t[i] for i in den], f, "null", True, None,
+                                    [False] * len(den), False)
         rng = torch.tensor(self.rt.cfg_t_range, dtype=torch.float32) - 1e-7
         out = v_pre.clone()
         for i in den:
@@ -300,7 +310,7 @@ class Sampler:
                 bucket = self.record.computed if d.compute else self.record.reused
                 bucket[s.chunk_id] = bucket.get(s.chunk_id, 0) + 1
             self.policy.update(steps, decisions, velocities, deltas)
-            tokens = sum(self._tokens_per_chunk() for _ in rows) * (1 if self.rt.cfg_number == 1 else 3)
+            tokens = sum(self._tokens_per_chunk() for _ in rows) * self.cfg_passes()
             self.record.forwards += 1
             self.record.tokens_forwarded += tokens
             self.record.kv_tokens.append(self.store.tokens("cond"))

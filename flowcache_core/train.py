@@ -42,7 +42,10 @@ def default_model_config() -> MagiConfig:
     model = ModelConfig(num_layers=6, hidden_size=256, ffn_hidden_size=768, num_attention_heads=8, num_query_groups=2,
                         kv_channels=32, in_channels=48, out_channels=48, patch_size=2, caption_channels=text.dim,
                         caption_max_length=text.max_length, params_dtype="torch.float32", gated_linear_unit=False)
-    runtime = RuntimeConfig(cfg_number=1, noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1, clean_t=0.9999,
+    # Sampling: MAGI-1's CFG with text guidance 3 and prev-chunk scale 1 (two passes per step, the unconditional
+    # pass has weight 0): one pass followed the caption's direction in 62 % of the judge's videos, this in 78 %.
+    runtime = RuntimeConfig(cfg_number=3, text_scales=[3.0] * 5, prev_chunk_scales=[1.0] * 5,
+                            noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1, clean_t=0.9999,
                             seed=1234, num_frames=32, video_size_h=64, video_size_w=64, num_steps=32, window_size=4,
                             fps=12, chunk_width=4, scale_factor=1.0, temporal_downsample_factor=1)
     engine = EngineConfig(distributed_backend="gloo", distill=False, kv_offload=False)
@@ -76,6 +79,7 @@ class TrainConfig:
     context_dropout: float = 0.0  # each window row sees only itself with this probability
     context_noise: float = 0.0  # clean context rows are noised to t ~ U[1 - this, 1] (still labelled clean)
     fg_weight: float = 0.0  # object pixels weigh 1 + this * coverage in the loss
+    motion_weight: float = 0.0  # pixels an object enters or leaves between frames weigh 1 + this (+ fg) in the loss
     recolour_p: float = 0.0  # share of videos whose objects are recoloured in inputs with t < recolour_t
     recolour_t: float = 0.3
     precision: str = "bf16"  # bf16: autocast over float32 weights; fp32: float32 with TF32 matmuls (no casts);
@@ -165,7 +169,8 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
                    dev_gen: torch.Generator | None = None, chunk0_frac: float = 0.0,
                    context_dropout: float = 0.0, context_noise: float = 0.0, *,
                    alpha: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
-                   fg_weight: float = 0.0, recolour_p: float = 0.0, recolour_t: float = 0.3):
+                   fg_weight: float = 0.0, recolour_p: float = 0.0, recolour_t: float = 0.3,
+                   motion_weight: float = 0.0):
     """Build one ChunkBatch from a batch of clips and one randomly drawn forward of the plan.
 
     Returns (batch, target, number of clean context rows, loss weight or None). `gen` (CPU) draws the forward
@@ -182,6 +187,10 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     random palette colours in the inputs of window rows with t < recolour_t, while the target stays the true
     clip (v = (x1 - x_t) / (1 - t)): at high noise the colour in the input is chance, so only the caption
     can say which colour to move towards, and the loss now pays for reading it.
+    motion_weight: pixels whose object coverage changes from the previous frame (frame 0: to the next one) weigh
+    1 + motion_weight * |change| more. A 1 px/frame move changes a thin rim of an object, so plain MSE pays
+    almost nothing for drawing the object still; the rim is on both sides (where it arrives and where it
+    leaves), so unlike the object weight this does not reward drawing objects bigger.
     """
     rt = cfg.runtime
     dev = next(model.parameters()).device
@@ -241,8 +250,12 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
         j = ids.index(0)
         xt[:, j, :, 0] = torch.where(paste[:, None, None, None], chunks[:, j, :, 0], xt[:, j, :, 0])
     weight = None
-    if fg_weight > 0 and a is not None:
-        w = 1 + fg_weight * a.amax(-1)[:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
+    if (fg_weight > 0 or motion_weight > 0) and a is not None:
+        w = 1 + fg_weight * a.amax(-1)  # (B, T, H, W)
+        if motion_weight > 0:
+            d = (a[:, 1:] - a[:, :-1]).abs().amax(-1)  # (B, T-1, H, W): coverage change per frame pair
+            w = w + motion_weight * torch.cat([d[:, :1], d], 1)  # frame f weighs its change from f-1 (0: to 1)
+        w = w[:, None].expand(-1, 3, -1, -1, -1)  # (B, 3, T, H, W)
         weight = rows(codec.encode(w))  # (B, n, C, cw, h, w): space-to-depth moves each pixel's weight with it
     # Captions: window rows get the prompt (or, 10% of videos, the null caption + dropped token); clean rows null.
     ids_t, mask = (_to_device(z, dev) for z in text_encoder.tokenize(captions))  # (B, Lc) each
@@ -262,7 +275,7 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
 
 def _needs_alpha(tc: TrainConfig) -> bool:
     """Whether the recipe reads object coverage (the loader then draws it with every clip)."""
-    return tc.fg_weight > 0 or tc.recolour_p > 0
+    return tc.fg_weight > 0 or tc.recolour_p > 0 or tc.motion_weight > 0
 
 
 def step_loss(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, tc: TrainConfig, item: tuple, plan,
@@ -274,7 +287,7 @@ def step_loss(model: VideoDiT, text: WordTextEncoder, cfg: MagiConfig, tc: Train
     batch, target, ncl, weight = training_batch(
         model, text, cfg, frames, captions, plan, gen, tc.num_steps_grid, dev_gen, tc.chunk0_frac,
         tc.context_dropout, tc.context_noise, alpha=alpha, rgb=rgb, fg_weight=tc.fg_weight,
-        recolour_p=tc.recolour_p, recolour_t=tc.recolour_t)
+        recolour_p=tc.recolour_p, recolour_t=tc.recolour_t, motion_weight=tc.motion_weight)
     with amp:
         v = model(batch)
     err = (v[:, ncl:].float() - target[:, ncl:]) ** 2
@@ -567,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--context-dropout", type=float, default=0.0, help="probability a window row sees only itself")
     ap.add_argument("--context-noise", type=float, default=0.0, help="clean context noised to t ~ U[1-a, 1]")
     ap.add_argument("--fg-weight", type=float, default=0.0, help="object pixels weigh 1 + this * coverage in the loss")
+    ap.add_argument("--motion-weight", type=float, default=0.0,
+                    help="pixels an object enters or leaves between frames weigh 1 + this more in the loss")
     ap.add_argument("--recolour-p", type=float, default=0.0,
                     help="share of videos whose objects are recoloured in the inputs of rows with t < --recolour-t")
     ap.add_argument("--recolour-t", type=float, default=0.3)
@@ -578,8 +593,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schedule-time", type=float, default=None,
                     help="with --fit-to-time: end the cosine this many seconds after the start (default --time-limit)")
     a = ap.parse_args(argv)
-    if a.fg_weight < 0:
-        ap.error(f"--fg-weight {a.fg_weight!r} must be >= 0")
+    for name in ("fg_weight", "motion_weight"):
+        if getattr(a, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} {getattr(a, name)!r} must be >= 0")
     for name in ("chunk0_frac", "context_dropout", "context_noise", "recolour_p", "recolour_t"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             ap.error(f"--{name.replace('_', '-')} {getattr(a, name)!r} must be in [0, 1]")
@@ -601,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
                      fit_to_time=a.fit_to_time, warm_restart=a.warm_restart, warmup=a.warmup,
                      rope_bands=bands, init_from=a.init_from, text_embed_norm=a.text_embed_norm,
                      text_lr_mult=a.text_lr_mult, chunk0_frac=a.chunk0_frac, context_dropout=a.context_dropout,
-                     context_noise=a.context_noise, fg_weight=a.fg_weight, recolour_p=a.recolour_p,
+                     context_noise=a.context_noise, fg_weight=a.fg_weight, motion_weight=a.motion_weight, recolour_p=a.recolour_p,
                      recolour_t=a.recolour_t, precision=a.precision, continue_schedule=a.continue_schedule,
                      schedule_time_s=a.schedule_time)
     if a.profile:

@@ -1,4 +1,5 @@
 """What the sampler hands the model: captions per row, clean rows, kv ranges, and the caching seam."""
+import pytest
 import torch
 
 from flowcache_core.api import generate
@@ -15,7 +16,7 @@ def _record_batches(model):
 def test_clean_rows_get_the_null_caption_and_denoising_rows_the_prompt(tiny_bundle_dir):
     b = load_bundle(tiny_bundle_dir)
     seen = _record_batches(b.model)
-    generate("a red square moves left", bundle=b, seed=0)
+    generate("a red square moves left", bundle=b, seed=0, cfg_number=1)  # one pass: every denoising row has the prompt
     clean_t = b.config.runtime.clean_t
     null_rows = min(50, b.config.model.caption_max_length)
     prompt_tokens = len("a red square moves left".split())
@@ -33,13 +34,40 @@ def test_clean_rows_get_the_null_caption_and_denoising_rows_the_prompt(tiny_bund
     assert n_clean >= 2 and n_den > n_clean
 
 
-def test_skipped_chunks_are_not_forwarded(tiny_bundle_dir):
+@pytest.mark.parametrize("cfg_number, passes", [(1, 1), (3, 2)])  # the tiny bundle's CFG: text-only, two passes
+def test_skipped_chunks_are_not_forwarded(tiny_bundle_dir, cfg_number, passes):
     b = load_bundle(tiny_bundle_dir)
     seen = _record_batches(b.model)
-    r = generate("a red square moves left", bundle=b, seed=0,
+    r = generate("a red square moves left", bundle=b, seed=0, cfg_number=cfg_number,
                  cache=CacheConfig("flowcache", rel_l1_thresh=10.0, warmup_steps=0, reuse="velocity"))
     rows_forwarded = sum(len(batch.chunk_ids) for batch in seen)
     clean_rows = sum(int((batch.t > 0.99).sum()) for batch in seen)
     assert r.record.reused and sum(r.record.reused.values()) > 0
-    assert rows_forwarded - clean_rows == r.record.computed_chunk_forwards  # only computed chunks go through the DiT
+    # only computed chunks go through the DiT, once per CFG pass
+    assert rows_forwarded - clean_rows == passes * r.record.computed_chunk_forwards
     assert r.record.computed_chunk_forwards < r.record.chunk_forwards
+
+
+def test_text_only_cfg_runs_two_passes_and_matches_three(tiny_bundle_dir):
+    """cfg_number 3 with every prev_chunk_scale 1: the unconditional pass has weight 0, so it is skipped; the
+    result equals the three-pass run (prev scales a hair above 1) and is not the one-pass result."""
+    import dataclasses
+
+    b = load_bundle(tiny_bundle_dir)
+    rt = b.config.runtime
+    seen = _record_batches(b.model)
+
+    def run(prev: float):
+        b.config.runtime = dataclasses.replace(rt, cfg_number=3, text_scales=[2.0] * 5, prev_chunk_scales=[prev] * 5)
+        seen.clear()
+        out = generate("a red square moves left", bundle=b, seed=0)
+        return out, len(seen)
+
+    two, n_two = run(1.0)
+    three, n_three = run(1.0 + 1e-9)
+    b.config.runtime = rt
+    one = generate("a red square moves left", bundle=b, seed=0)
+    assert n_two < n_three  # DiT calls: the unconditional pass is gone
+    assert two.record.tokens_forwarded * 3 == three.record.tokens_forwarded * 2
+    torch.testing.assert_close(two.latents, three.latents, atol=1e-4, rtol=0)
+    assert (two.latents - one.latents).abs().max() > 1e-2  # guidance changes the video

