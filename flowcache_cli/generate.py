@@ -150,7 +150,7 @@ def generate_cmd(
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Pixels."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     attn_backend: str = typer.Option("sdpa", "--attn-backend", help=f"One of {', '.join(ATTN_BACKENDS)}."),
-    cfg_number: Optional[int] = typer.Option(None, "--cfg-number", help="1 (distill, one pass) or 3 (MAGI-1 CFG)."),
+    cfg_number: Optional[int] = typer.Option(None, "--cfg-number", help="1 (distill, one pass) or 3 (MAGI-1 CFG: 3 passes, 2 when every prev-chunk scale is 1). Default: the model's (3 for the shipped one)."),
     cache: str = typer.Option("none", "--cache", help=f"Cache policy, one of {', '.join(POLICY_NAMES)}."),
     rel_l1_thresh: Optional[float] = typer.Option(
         None, "--rel-l1-thresh", help="Reuse while the accumulated relative L1 stays below this (default: the model's).",
