@@ -235,9 +235,10 @@ class Sampler:
         return 2 if all(sp == 1.0 for sp in self.rt.prev_chunk_scales) else 3
 
     def _velocity(self, rows: list[Row], f: Forward, near_dup: bool) -> torch.Tensor:
-        """Velocities of `rows` (clean rows included, their outputs unused): one pass or MAGI-1's 3-pass CFG."""
+        """Velocities of `rows` (clean rows included, their outputs unused): one pass or MAGI-1's CFG (`cfg_passes`)."""
         t = [self.rt.clean_t if r.clean else float(self.ts[r.step]) for r in rows]
-        if self.rt.cfg_number == 1:
+        passes = self.cfg_passes()
+        if passes == 1:
             return self._pass(rows, t, f, "cond", False, self._writer_access(rows), [True] * len(rows), near_dup)
         # cfg_number 3: text pass (own window slots, reads clean chunks from "cond"), null-caption pass (writes
         # the store), unconditional pass (no context, chunk-local RoPE positions).
@@ -247,7 +248,7 @@ class Sampler:
         den = [i for i, r in enumerate(rows) if not r.clean]
         if not den:  # only a clean chunk's K/V was needed this forward
             return v_pre
-        if self.cfg_passes() == 2:
+        if passes == 2:
             v_unc = v_pre  # its weight below is 1 - sp = 0: text-only guidance, the third pass is not needed
         else:
             v_unc = torch.zeros_like(v_pre)
