@@ -20,7 +20,7 @@ from flowcache_core.cache.kv import KVAccess, KVStore
 from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep, NoCache
 from flowcache_core.config import MagiConfig
 from flowcache_core.model.dit import ChunkBatch, VideoDiT
-from flowcache_core.schedule import Forward, Row, chunk_layout, init_t, plan_forwards
+from flowcache_core.schedule import Forward, Row, chunk_layout, distill_step_size, init_t, plan_forwards
 
 NEARLY_CLEAN_BLEND = 0.7  # MAGI-1 distill: 0.7 * (with context) + 0.3 * (self only), env prev_chunks_scale
 NULL_CAPTION_TOKENS = 50  # MAGI-1's unconditional caption: the first 50 rows of null_caption_embedding
@@ -180,8 +180,7 @@ class Sampler:
     def _distill_dt(self, f: Forward) -> float | None:
         if not self.eng.distill:
             return None
-        base = 16 if self.rt.num_steps == 12 else self.rt.num_steps
-        return base / 2 / f.distill_interval
+        return distill_step_size(self.rt.num_steps, f.distill_interval)
 
     # -- one CFG pass --
     def _pass(self, rows: list[Row], t: list[float], f: Forward, caption: str, dropped: bool,

@@ -11,7 +11,11 @@ schedule. Facts (SandAI-org/MAGI-1 inference/pipeline/video_generate.py):
   at the first step of the next stage, and that forward writes its K/V for every later chunk;
 - a denoising chunk at its own step s sees the last noise2clean_kvrange[s // (n / len)] chunks incl. itself;
 - distill models: if the oldest denoising chunk's t > threshold, it is forwarded twice (once seeing only
-  itself) and the two velocities are blended 0.7 / 0.3.
+  itself) and the two velocities are blended 0.7 / 0.3;
+- distill models embed a step size next to t (`distill_step_size`): num_steps / 2, except at 12 steps, where
+  it is 8 / interval with the forward's shortcut interval; a forward's interval is the one of its index within
+  the stage (`denoise_idx`), the prefix prefill's the first one (SampleTransport.extract_prefix_video_feature
+  and forward_velocity; VideoDiTModel.get_embedding_and_meta).
 """
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ def init_t(num_steps: int, shortcut_mode: str = "8,16,16") -> tuple[torch.Tensor
         # s(x) = x / (3 - 2x), written as the official code evaluates it so the float32 grid matches bit for bit
         return t * (1 / 3) / (1 + (1 / 3 - 1) * t)
 
-    if num_steps % 3 == 0:  # shortcut intervals (strides 2,1,1 for "8,16,16"; 1,1,2 for "16,16,8")
-        strides = [16 // int(m) for m in shortcut_mode.split(",")]
-        intervals = [int(i) for i in (strides * (num_steps // len(strides) + 1))[:num_steps]]
+    if num_steps % 3 == 0:  # shortcut intervals: (1, 1, 2) repeated for "16,16,8", (2, 1, 1) for any other mode
+        strides = [1, 1, 2] if shortcut_mode == "16,16,8" else [2, 1, 1]
+        intervals = (strides * (num_steps // 3))[:num_steps]
         if num_steps != 12:
             return grid(num_steps), intervals
         idx = [0]  # 12 steps walk the 16-step grid in those strides
@@ -39,6 +43,17 @@ def init_t(num_steps: int, shortcut_mode: str = "8,16,16") -> tuple[torch.Tensor
             idx.append(idx[-1] + s)
         return grid(16)[idx], intervals
     return grid(num_steps), [1.0] * num_steps
+
+
+def distill_step_size(num_steps: int, interval: float) -> float:
+    """The step size a shortcut-distilled MAGI-1 model embeds beside t (added as t_embedder(size)).
+
+    Official rule: 12 steps walk the 16-step grid with strides `interval`, so the size is
+    4 / interval * 2 (8 with interval 1, 4 with interval 2); every other step count embeds num_steps / 4 * 2,
+    whatever the interval."""
+    if num_steps == 12:
+        return 4 / float(interval) * 2
+    return num_steps / 4 * 2
 
 
 @dataclass
@@ -62,7 +77,7 @@ class Forward:
     rows: list[Row]  # clean rows first, then the window oldest -> newest
     prefill: bool = False  # the prefix-video forward that only fills the KV store
     nearly_clean: bool = False  # distill: oldest denoising chunk forwarded again, seeing only itself
-    distill_interval: float = 1.0
+    distill_interval: float = 1.0  # shortcut interval of this forward (see distill_step_size)
     emits: list[int] = field(default_factory=list)  # chunks that are clean after this forward
 
     @property
@@ -92,7 +107,7 @@ def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset
     out: list[Forward] = []
     if chunk_offset > 0:
         rows = [Row(c, None, kv_start_for(c, None, num_steps, kvr, clean_chunk_kvrange)) for c in range(chunk_offset)]
-        out.append(Forward(0, 0, 0, rows, prefill=True))
+        out.append(Forward(0, 0, 0, rows, prefill=True, distill_interval=intervals[0]))
     gen = chunk_num - chunk_offset
     for stage in range(gen + window_size - 1):
         lo = max(chunk_offset, chunk_offset + stage - window_size + 1)
@@ -109,7 +124,7 @@ def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset
             near = distill and float(ts[den[0].step]) > nearly_clean_threshold  # float32 t vs a float64 threshold, as official
             emits = [r.chunk_id for r in den if r.step == num_steps - 1]
             out.append(Forward(stage * d + di, stage, di, rows, nearly_clean=near,
-                               distill_interval=intervals[den[0].step], emits=emits))
+                               distill_interval=intervals[di], emits=emits))
     return out
 
 

@@ -71,3 +71,26 @@ def test_text_only_cfg_runs_two_passes_and_matches_three(tiny_bundle_dir):
     assert two.record.tokens_forwarded * 3 == three.record.tokens_forwarded * 2
     torch.testing.assert_close(two.latents, three.latents, atol=1e-4, rtol=0)
     assert (two.latents - one.latents).abs().max() > 1e-2  # guidance changes the video
+
+
+@pytest.mark.parametrize("num_steps", [12, 24])
+def test_distill_model_gets_the_official_step_size_on_every_forward(tiny_bundle_dir, num_steps):
+    """A distill model's step-size embedding (official get_embedding_and_meta): 8 / interval at 12 steps with the
+    forward's interval (the prefill's is the first one, 2), num_steps / 2 otherwise, at every forward."""
+    import dataclasses
+
+    import numpy as np
+
+    b = load_bundle(tiny_bundle_dir)
+    b.config.engine = dataclasses.replace(b.config.engine, distill=True)
+    seen = _record_batches(b.model)
+    prefix = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)  # two chunks of 4 frames
+    generate("a red square moves left", mode="v2v", prefix_video=prefix, bundle=b, seed=0, cfg_number=1,
+             num_steps=num_steps, num_frames=8)
+    expected = {12: [4.0, 8.0, 8.0], 24: [12.0, 12.0, 12.0]}[num_steps]
+    prefill, *steps = seen
+    assert all(abs(t - b.config.runtime.clean_t) < 1e-6 for t in prefill.t.tolist())
+    assert prefill.distill_dt == expected[0]
+    d = num_steps // b.config.runtime.window_size
+    # one batch per forward (cfg_number 1; nearly-clean duplicates ride in the same batch)
+    assert [batch.distill_dt for batch in steps] == [expected[i % d % 3] for i in range(len(steps))]
