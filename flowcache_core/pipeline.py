@@ -19,6 +19,7 @@ import torch
 from flowcache_core.cache.kv import KVAccess, KVStore
 from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep, NoCache
 from flowcache_core.config import MagiConfig
+from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.dit import ChunkBatch, VideoDiT
 from flowcache_core.schedule import Forward, Row, chunk_layout, distill_step_size, init_t, plan_forwards
 
@@ -146,6 +147,11 @@ class Sampler:
                                   nearly_clean_threshold=eng.distill_nearly_clean_chunk_threshold,
                                   shortcut_mode=eng.shortcut_mode)
         self.store = store or KVStore(model.cfg.num_layers)
+        budget = self.store.budget_tokens
+        if budget is not None and (self.offset + 1) * self._tokens_per_chunk() > budget:
+            raise FlowcacheError(
+                f"total_cache_chunk_nums={budget // self._tokens_per_chunk()} cannot hold the {self.offset} prefix chunks "
+                f"and the first generated chunk: use at least {self.offset + 1} or a shorter prefix video")
         Lmax = model.cfg.caption_max_length
         n_gen = self.chunk_num - self.offset
         caps = text.caption if text.caption.dim() == 3 else text.caption[None].expand(n_gen, -1, -1)
@@ -218,6 +224,14 @@ class Sampler:
             v = v[:-1]
         return v
 
+    def _write_clean(self, rows: list[Row], f: Forward) -> None:
+        """Forward clean chunks once at clean_t with the null caption to write their final K/V (the store-writing
+        pass's caption flags: with cfg_number 3 that is the dropped-caption pass)."""
+        t = [self.rt.clean_t] * len(rows)
+        dropped = self.rt.cfg_number == 3
+        self._pass(rows, t, f, "null", dropped, KVAccess(self.store, ("cond",), "cond"), [True] * len(rows), False)
+        self.final_clean.update(r.chunk_id for r in rows)
+
     def _writer_access(self, rows: list[Row]) -> KVAccess:
         """The pass that writes the store; with a KV budget it also keeps the newest computed chunk's queries."""
         den = [r.chunk_id for r in rows if not r.clean]
@@ -272,11 +286,7 @@ class Sampler:
             tf = time.perf_counter()
             self._paste_prefix()
             if f.prefill:
-                rows = f.rows
-                t = [self.rt.clean_t] * len(rows)
-                dropped = self.rt.cfg_number == 3
-                self._pass(rows, t, f, "null", dropped, KVAccess(self.store, ("cond",), "cond"), [True] * len(rows), False)
-                self.final_clean.update(r.chunk_id for r in rows)
+                self._write_clean(f.rows, f)
                 continue
             den = f.denoising
             steps = []
@@ -291,7 +301,15 @@ class Sampler:
             entering = [r for r in den if r.step == 0]
             if entering and self.max_kv_range is not None:  # chunks no later kv range reaches are dropped
                 self.store.evict_before(min(r.chunk_id for r in entering) - self.max_kv_range + 1)
+            pre_tokens = 0
             if entering and self.store.budget_tokens is not None:
+                # B_total as published: the chunk that has just become clean is compressible at this event too,
+                # so its clean K/V is written first (its own forward; it sees only itself) and not forwarded again.
+                just_clean = [r for r in rows if r.clean]
+                if just_clean:
+                    self._write_clean(just_clean, f)
+                    pre_tokens = len(just_clean) * self._tokens_per_chunk()
+                    rows = [r for r in rows if not r.clean]
                 if self.store.make_room(len(entering) * self._tokens_per_chunk(), sorted(self.final_clean),
                                         self.last_queries):
                     self.record.compressions += 1
@@ -310,7 +328,7 @@ class Sampler:
                 bucket = self.record.computed if d.compute else self.record.reused
                 bucket[s.chunk_id] = bucket.get(s.chunk_id, 0) + 1
             self.policy.update(steps, decisions, velocities, deltas)
-            tokens = sum(self._tokens_per_chunk() for _ in rows) * self.cfg_passes()
+            tokens = sum(self._tokens_per_chunk() for _ in rows) * self.cfg_passes() + pre_tokens
             self.record.forwards += 1
             self.record.tokens_forwarded += tokens
             self.record.kv_tokens.append(self.store.tokens("cond"))

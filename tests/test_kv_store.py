@@ -60,3 +60,40 @@ def test_compressed_block_keeps_positions_and_origins():
     assert s.tokens("cond") == 8 and sorted(s.compressed_chunks) == [0, 1]
     k, _ = s.read(0, ("cond",), [1, 2])
     assert sum(x.shape[0] for x in k) == 8  # the compressed block once, then chunk 2
+
+
+@pytest.mark.parametrize("b_total", [5, 6])
+def test_b_total_compresses_the_just_clean_chunk_as_published(unlimited_range_bundle, b_total, monkeypatch):
+    """The published budget (FlowCache KVCacheCompressor): when a new chunk is about to enter a full cache, every
+    clean chunk, the one that has just become clean included, is compressed to max(clean - one chunk, one chunk)
+    tokens. B_total 5 with a window of 4 therefore keeps one chunk of compressed history, B_total 6 two."""
+    import flowcache_core.api as api
+
+    b = unlimited_range_bundle
+    tpc = b.config.runtime.chunk_width * 8 * 8
+    window = b.config.runtime.window_size
+    stores = []
+    make_store = api.make_store
+    monkeypatch.setattr(api, "make_store", lambda *a, **k: stores.append(make_store(*a, **k)) or stores[-1])
+    r = generate("a red square moves left", bundle=b, num_frames=40,  # 10 chunks of 4 frames
+                 cache=CacheConfig("none", total_cache_chunk_nums=b_total))
+    log = stores[0].compression_log
+    assert r.record.compressions == len(log) == 10 - b_total  # one event for each chunk entering a full cache
+    for clean, kept in log:
+        assert kept == max(clean - tpc, tpc)  # the published arithmetic, every event
+    assert log[0] == ((b_total - window + 1) * tpc, (b_total - window) * tpc)
+    assert max(r.record.kv_tokens) == b_total * tpc
+
+
+def test_prefix_longer_than_the_budget_is_refused(unlimited_range_bundle):
+    import numpy as np
+
+    from flowcache_core.errors import FlowcacheError
+
+    prefix = np.random.default_rng(0).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)  # 5 prefix chunks
+    with pytest.raises(FlowcacheError, match="total_cache_chunk_nums=5 cannot hold the 5 prefix chunks"):
+        generate("a red square", mode="v2v", prefix_video=prefix, bundle=unlimited_range_bundle, num_frames=8,
+                 cache=CacheConfig("none", total_cache_chunk_nums=5))
+    r = generate("a red square", mode="v2v", prefix_video=prefix, bundle=unlimited_range_bundle, num_frames=8,
+                 cache=CacheConfig("none", total_cache_chunk_nums=6))
+    assert r.frames.shape[0] == 8

@@ -48,6 +48,7 @@ class KVStore:
         self.compressed_chunks: set[int] = set()
         self.compressions = 0
         self.peak_tokens = 0
+        self.compression_log: list[tuple[int, int]] = []  # per event, layer 0: (clean tokens in, tokens kept)
 
     def write(self, layer: int, ctx: str, chunk_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
         slots = self._slots[layer]
@@ -137,6 +138,8 @@ class KVStore:
         for c in movable:
             self.drop("cond", c)
         self.compressions += 1
+        kept = self._compressed[0].keys.shape[0] if self._compressed[0] is not None else 0
+        self.compression_log.append((clean_tokens, kept))
         return True
 
     def _compress_layer(self, layer: int, movable: list[int], keep: int, queries: torch.Tensor | None) -> None:
