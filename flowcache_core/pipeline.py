@@ -23,7 +23,7 @@ from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.dit import ChunkBatch, VideoDiT
 from flowcache_core.schedule import Forward, Row, chunk_layout, distill_step_size, init_t, plan_forwards
 
-NEARLY_CLEAN_BLEND = 0.7  # MAGI-1 distill: 0.7 * (with context) + 0.3 * (self only), env prev_chunks_scale
+NEARLY_CLEAN_BLEND = 0.7  # MAGI-1 with cfg_number 1: 0.7 * (with context) + 0.3 * (self only), env prev_chunks_scale
 NULL_CAPTION_TOKENS = 50  # MAGI-1's unconditional caption: the first 50 rows of null_caption_embedding
 
 
@@ -143,7 +143,7 @@ class Sampler:
         self.ts, self.intervals = init_t(rt.num_steps, eng.shortcut_mode)
         self.plan = plan_forwards(self.chunk_num, rt.num_steps, rt.window_size, self.offset,
                                   noise2clean_kvrange=rt.noise2clean_kvrange, clean_chunk_kvrange=rt.clean_chunk_kvrange,
-                                  distill=eng.distill and rt.cfg_number == 1,
+                                  nearly_clean_blend=rt.cfg_number == 1,  # the official cfg-1 dispatcher, any model
                                   nearly_clean_threshold=eng.distill_nearly_clean_chunk_threshold,
                                   shortcut_mode=eng.shortcut_mode)
         self.store = store or KVStore(model.cfg.num_layers)

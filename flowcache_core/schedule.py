@@ -10,8 +10,9 @@ schedule. Facts (SandAI-org/MAGI-1 inference/pipeline/video_generate.py):
 - a chunk that just became clean is forwarded once more (at t = clean_t, null caption, seeing only itself)
   at the first step of the next stage, and that forward writes its K/V for every later chunk;
 - a denoising chunk at its own step s sees the last noise2clean_kvrange[s // (n / len)] chunks incl. itself;
-- distill models: if the oldest denoising chunk's t > threshold, it is forwarded twice (once seeing only
-  itself) and the two velocities are blended 0.7 / 0.3;
+- one-pass runs (cfg_number 1; the official dispatcher does this for any model, distilled or not): if the
+  oldest denoising chunk's t > threshold, it is forwarded twice (once seeing only itself) and the two
+  velocities are blended 0.7 / 0.3;
 - distill models embed a step size next to t (`distill_step_size`): num_steps / 2, except at 12 steps, where
   it is 8 / interval with the forward's shortcut interval; a forward's interval is the one of its index within
   the stage (`denoise_idx`), the prefix prefill's the first one (SampleTransport.extract_prefix_video_feature
@@ -76,7 +77,7 @@ class Forward:
     denoise_idx: int
     rows: list[Row]  # clean rows first, then the window oldest -> newest
     prefill: bool = False  # the prefix-video forward that only fills the KV store
-    nearly_clean: bool = False  # distill: oldest denoising chunk forwarded again, seeing only itself
+    nearly_clean: bool = False  # cfg_number 1: oldest denoising chunk forwarded again, seeing only itself
     distill_interval: float = 1.0  # shortcut interval of this forward (see distill_step_size)
     emits: list[int] = field(default_factory=list)  # chunks that are clean after this forward
 
@@ -98,7 +99,7 @@ def kv_start_for(chunk_id: int, step: int | None, num_steps: int, noise2clean_kv
 
 def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset: int = 0, *,
                   noise2clean_kvrange: list[int] | None = None, clean_chunk_kvrange: int = 1,
-                  distill: bool = False, nearly_clean_threshold: float = 0.3,
+                  nearly_clean_blend: bool = False, nearly_clean_threshold: float = 0.3,
                   shortcut_mode: str = "8,16,16") -> list[Forward]:
     """Every forward of a generation of `chunk_num` chunks, the first `chunk_offset` of them clean prefix."""
     kvr = list(noise2clean_kvrange or [])
@@ -121,7 +122,7 @@ def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset
                 s = (stage - (c - chunk_offset)) * d + di
                 rows.append(Row(c, s, kv_start_for(c, s, num_steps, kvr, clean_chunk_kvrange)))
             den = [r for r in rows if not r.clean]
-            near = distill and float(ts[den[0].step]) > nearly_clean_threshold  # float32 t vs a float64 threshold, as official
+            near = nearly_clean_blend and float(ts[den[0].step]) > nearly_clean_threshold  # float32 t vs a float64 threshold, as official
             emits = [r.chunk_id for r in den if r.step == num_steps - 1]
             out.append(Forward(stage * d + di, stage, di, rows, nearly_clean=near,
                                distill_interval=intervals[di], emits=emits))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from flowcache_core.cache.kv import KVAccess, KVStore
 from flowcache_core.config import MagiConfig
 from flowcache_core.model.dit import ChunkBatch, VideoDiT
+from flowcache_core.schedule import distill_step_size
 
 TOL = 1e-4
 
@@ -51,7 +52,7 @@ def test_forward_matches_official(tiny, scenario):
     pre = ChunkBatch(x=xs, t=g["prefill.t"], chunk_ids=list(range(ncl)), kv_start=list(range(ncl)),
                      caption=g["prefill.y"][:ncl], caption_mask=g["prefill.mask"][:ncl],
                      caption_dropped=torch.zeros(ncl, dtype=torch.bool), write_kv=[True] * ncl,
-                     distill_dt=meta["prefill"]["kwargs"]["num_steps"] / 2)
+                     distill_dt=distill_step_size(meta["prefill"]["kwargs"]["num_steps"], meta["prefill"]["kwargs"]["distill_interval"]))
     with torch.no_grad():
         out = model(pre, KVAccess(store))
     torch.testing.assert_close(out, _chunks(g["prefill.out"], cw), atol=TOL, rtol=TOL)
@@ -76,7 +77,7 @@ def test_forward_matches_official(tiny, scenario):
     nr = len(rows["ids"])
     step = ChunkBatch(x=rows["x"], t=rows["t"], chunk_ids=rows["ids"], kv_start=rows["ks"], caption=rows["y"],
                       caption_mask=rows["m"], caption_dropped=torch.zeros(nr, dtype=torch.bool), write_kv=rows["w"],
-                      time_offset=rows["off"], shared=rows["sh"], distill_dt=kw["num_steps"] / 2 * kw["distill_interval"])
+                      time_offset=rows["off"], shared=rows["sh"], distill_dt=distill_step_size(kw["num_steps"], kw["distill_interval"]))
     with torch.no_grad():
         v = model(step, KVAccess(store))
     torch.testing.assert_close(v, _chunks(g["step.call0.out"], cw), atol=TOL, rtol=TOL)

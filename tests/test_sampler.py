@@ -40,7 +40,8 @@ def test_skipped_chunks_are_not_forwarded(tiny_bundle_dir, cfg_number, passes):
     seen = _record_batches(b.model)
     r = generate("a red square moves left", bundle=b, seed=0, cfg_number=cfg_number,
                  cache=CacheConfig("flowcache", rel_l1_thresh=10.0, warmup_steps=0, reuse="velocity"))
-    rows_forwarded = sum(len(batch.chunk_ids) for batch in seen)
+    # the nearly-clean duplicate (cfg_number 1, not shared with other rows) is a second look at a computed chunk
+    rows_forwarded = sum(sum(batch.shared) if batch.shared else len(batch.chunk_ids) for batch in seen)
     clean_rows = sum(int((batch.t > 0.99).sum()) for batch in seen)
     assert r.record.reused and sum(r.record.reused.values()) > 0
     # only computed chunks go through the DiT, once per CFG pass
@@ -94,3 +95,19 @@ def test_distill_model_gets_the_official_step_size_on_every_forward(tiny_bundle_
     d = num_steps // b.config.runtime.window_size
     # one batch per forward (cfg_number 1; nearly-clean duplicates ride in the same batch)
     assert [batch.distill_dt for batch in steps] == [expected[i % d % 3] for i in range(len(steps))]
+
+
+def test_one_pass_runs_blend_the_nearly_clean_chunk_for_any_model(tiny_bundle_dir):
+    """The official cfg-1 dispatcher forwards the oldest denoising chunk a second time, seeing only itself, when its
+    t is above distill_nearly_clean_chunk_threshold, whether or not the model is distilled (the tiny bundle is not)."""
+    b = load_bundle(tiny_bundle_dir)
+    assert not b.config.engine.distill
+    seen = _record_batches(b.model)
+    generate("a red square moves left", bundle=b, seed=0, cfg_number=1)
+    thr = b.config.engine.distill_nearly_clean_chunk_threshold
+    for batch in seen:
+        den = [j for j, s in enumerate(batch.shared or [True] * len(batch.chunk_ids)) if batch.t[j] < 0.99]
+        oldest_t = float(batch.t[den[0]])
+        duplicated = len(batch.chunk_ids) != len(set(batch.chunk_ids))
+        assert duplicated == (oldest_t > thr)
+    assert any(len(b_.chunk_ids) != len(set(b_.chunk_ids)) for b_ in seen)

@@ -35,7 +35,7 @@ def test_schedule_matches_official(run):
     assert (chunk_num, offset) == (run["infer_chunk_num"], run["clean_chunk_num"])
     plan = plan_forwards(chunk_num, s["num_steps"], s["window_size"], offset,
                          noise2clean_kvrange=s["noise2clean_kvrange"], clean_chunk_kvrange=s["clean_chunk_kvrange"],
-                         distill=True, nearly_clean_threshold=s["distill_nearly_clean_chunk_threshold"],
+                         nearly_clean_blend=True, nearly_clean_threshold=s["distill_nearly_clean_chunk_threshold"],
                          shortcut_mode=s["shortcut_mode"])
     ts, _ = init_t(s["num_steps"], s["shortcut_mode"])
     assert sum(not f.prefill for f in plan) == run["total_forward_step"]
@@ -90,6 +90,6 @@ def test_forward_interval_is_the_one_of_its_index_in_the_stage(num_steps, window
         pytest.skip("num_steps must be a multiple of window_size")
     _, intervals = init_t(num_steps)
     plan = plan_forwards(5, num_steps, window_size, 1, noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1,
-                         distill=True)
+                         nearly_clean_blend=True)
     assert plan[0].prefill and plan[0].distill_interval == intervals[0] == 2
     assert all(f.distill_interval == intervals[f.denoise_idx] for f in plan[1:])
