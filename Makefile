@@ -19,10 +19,10 @@ lint:
 
 # options every phase shares (batch, loader, the world's recolouring and context noise)
 WORLD = --batch 192 --workers 13 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05
-TRAIN = $(PY) -m flowcache_core.train --out out/train --seed 0 $(WORLD)
+TRAIN = $(PY) -m flowcache_core.training.train --out out/train --seed 0 $(WORLD)
 V2 = --warmup 300 --fg-weight 3
 V3 = --warmup 200 --fg-weight 1 --lr 5e-4 --precision bf16-master --steps 100000
-V4 = $(PY) -m flowcache_core.train --out out/train_v4 --no-resume --seed 1 $(WORLD) --lr 3e-4 --warmup 100 \
+V4 = $(PY) -m flowcache_core.training.train --out out/train_v4 --no-resume --seed 1 $(WORLD) --lr 3e-4 --warmup 100 \
 	--fg-weight 1 --motion-weight 10 --precision bf16-master --steps 3000 --time-limit 450
 default-model:      ## on a GPU: the shipped default model's six phases (v2's three, v3's two, v4's motion fine-tune), exported to out/train_v4/default_model
 	$(TRAIN) $(V2) --no-resume --lr 1e-3 --steps 6217 --time-limit 450 --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8

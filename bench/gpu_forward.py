@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowcache_core.cache.kv import KVAccess, KVStore  # noqa: E402
-from flowcache_core.config import magi_4_5b  # noqa: E402
-from flowcache_core.model.attention import attend, available_backends  # noqa: E402
-from flowcache_core.model.dit import ChunkBatch, build_model  # noqa: E402
+from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
+from flowcache_core.models.attention import attend, available_backends  # noqa: E402
+from flowcache_core.models.magi1.dit import ChunkBatch, build_model  # noqa: E402
 
 
 def time_cuda(fn, warmup=2, iters=5) -> list[float]:
@@ -80,7 +80,8 @@ def skip_and_overhead(model, batch, store, mc, L: int, tpf: int, window: int = 4
     import dataclasses as dc
 
     from flowcache_core.cache.kv_compressor import KVCompressor, compress_clean
-    from flowcache_core.cache.policy import CacheConfig, ChunkStep, make_policy
+    from flowcache_core.cache.policy import ChunkStep
+    from flowcache_core.cache.settings import CacheConfig, make_policy
 
     n = len(batch.chunk_ids)
     # A skipped window chunk is still attended by the later ones through the K/V of its last computed forward

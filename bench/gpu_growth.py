@@ -21,10 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowcache_core.api import make_store  # noqa: E402
-from flowcache_core.cache.policy import CacheConfig, NoCache  # noqa: E402
-from flowcache_core.config import magi_4_5b  # noqa: E402
-from flowcache_core.model.dit import build_model  # noqa: E402
-from flowcache_core.pipeline import ChunkEmitted, Sampler, TextCondition  # noqa: E402
+from flowcache_core.cache.policy import NoCache  # noqa: E402
+from flowcache_core.cache.settings import CacheConfig, resolve_cache  # noqa: E402
+from flowcache_core.engine.events import ChunkEmitted, RunRecord  # noqa: E402
+from flowcache_core.engine.loop import run_chunks  # noqa: E402
+from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
+from flowcache_core.models.magi1.dit import build_model  # noqa: E402
+from flowcache_core.models.magi1.sampling import Magi1Generation, TextCondition  # noqa: E402
 
 
 class TimeUp(Exception):
@@ -39,9 +42,8 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows:
     noise = torch.randn(C, chunks * rt.chunk_width, h, h, generator=g).to(device)
     cap = torch.randn(lc, cfg.model.caption_channels, generator=g).to(device)
     text = TextCondition(cap, torch.ones(lc, dtype=torch.long, device=device))
-    p = cfg.model.patch_size
-    tpf = (h // p) ** 2
-    store = make_store(cfg.model, CacheConfig("none", total_cache_chunk_nums=budget), rt.chunk_width * tpf, tpf)
+    gen = Magi1Generation(model, cfg, text, noise)
+    store = make_store(resolve_cache(CacheConfig("none", total_cache_chunk_nums=budget)), gen)
     last = [time.perf_counter()]
     start = last[0]
 
@@ -61,8 +63,7 @@ def run(model, cfg, chunks: int, budget: int | None, device: str, lc: int, rows:
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    sampler = Sampler(model, cfg, text, noise, policy=NoCache(), on_event=on_event, store=store)
-    for _ in sampler.run():
+    for _ in run_chunks(gen, NoCache(), store, RunRecord(), on_event):
         pass
     return rows
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flowcache_core.config import magi_4_5b  # noqa: E402
-from flowcache_core.model.vae import ViTVAEConfig  # noqa: E402
-from flowcache_core.random_release import write_random_release, write_random_t5  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-release fixture
+from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
+from flowcache_core.models.magi1.vae import ViTVAEConfig  # noqa: E402
+from fixtures.random_release import write_random_release, write_random_t5  # noqa: E402
 
 VARIANT = "4.5B_distill"
 
@@ -52,8 +53,8 @@ def build(root: Path, tiny: bool) -> None:
 
 def run(root: Path, chunks: int, size: int, out: str, device: str) -> None:
     from flowcache_core.api import generate
-    from flowcache_core.bundle import load_bundle
-    from flowcache_core.pipeline import ForwardEvent
+    from flowcache_core.models.magi1.bundle import load_bundle
+    from flowcache_core.engine.events import ForwardEvent
 
     t = time.perf_counter()
     cuda = device.startswith("cuda")

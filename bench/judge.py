@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.world import PALETTE, parse_caption as _parse_world_caption
+from flowcache_core.training.world import PALETTE, parse_caption as _parse_world_caption
 
 _NAMES = list(PALETTE)
 _RGB = np.asarray([PALETTE[c] for c in _NAMES], np.float32)  # (8, 3)

@@ -2,7 +2,7 @@
 
 Captions: `held_out_single_object_captions(424242, n)` ("a red square moves left"): one object, plain
 background, static camera. 424242 is never a training seed: training draws world clips from seeds
-`seed*10^8 + i*batch` (`flowcache_core.train.WorldStream`, seed 0 for the shipped model), and the held-out
+`seed*10^8 + i*batch` (`flowcache_core.training.train.WorldStream`, seed 0 for the shipped model), and the held-out
 stream is a separately seeded generator (`np.random.default_rng([424242, 7])`), not `sample_clip`.
 Sampling seeds are fixed: video i uses seed i (0..n-1).
 
@@ -36,10 +36,10 @@ from rich.table import Table  # noqa: E402
 
 from bench.judge import contact_sheet, judge_video, parse_caption  # noqa: E402
 from flowcache_core.api import generate  # noqa: E402
-from flowcache_core.bundle import load_bundle  # noqa: E402
+from flowcache_core.models.magi1.bundle import load_bundle  # noqa: E402
 from flowcache_core.errors import FlowcacheError  # noqa: E402
-from flowcache_core.sweep import write_json  # noqa: E402
-from flowcache_core.world import held_out_single_object_captions, render_caption  # noqa: E402
+from flowcache_core.eval.sweep import write_json  # noqa: E402
+from flowcache_core.training.world import held_out_single_object_captions, render_caption  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CAPTION_SEED = 424242

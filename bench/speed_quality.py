@@ -1,7 +1,7 @@
 """Issue 7, benchmark 1: speed vs quality of every cache policy on the default model, on the CPU.
 
 At 64 steps (the published setting), over held-out single-object world captions (seed 424242) and sampling
-seed 0, `flowcache_core.sweep.run_sweep` runs none / teacache / flowcache-displacement (the published rule) /
+seed 0, `flowcache_core.eval.sweep.run_sweep` runs none / teacache / flowcache-displacement (the published rule) /
 flowcache-velocity / flowcache-extrapolate at every threshold, interleaved per prompt (all settings back to back, so machine load
 touches all alike). Quoted per setting: wall time and wall speedup vs none (plus process-CPU-time speedup,
 less sensitive to other load), chunk-forwards computed / total, ideal speedup and realized / ideal,
@@ -30,9 +30,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.judge import judge_against_caption  # noqa: E402
-from flowcache_core.bundle import load_bundle  # noqa: E402
+from flowcache_core.models.magi1.bundle import load_bundle  # noqa: E402
 from flowcache_core.errors import FlowcacheError  # noqa: E402
-from flowcache_core.sweep import (  # noqa: E402
+from flowcache_core.eval.sweep import (  # noqa: E402
     DEFAULT_PROMPT_SEED, DEFAULT_THRESHOLDS, SweepConfig, SettingSummary, default_prompts, pareto_plot,
     parse_float_list, parse_int_list, recommend, run_sweep, write_json,
 )  # fmt: skip

@@ -20,7 +20,7 @@
 #   v4, one call: STEPS=3000 TIME_LIMIT=450 (stopped by the time limit at step 2,934 on an H100)
 # PROFILE=1 first times the recipe's step under bf16 autocast and with the bf16 compute copy.
 # $OUT gets the logs, state/ (bf16 shards < 16 MB) and default_model/; a bundle from a state dir:
-#   python -m flowcache_core.train --out <dir holding state/> --export-only
+#   python -m flowcache_core.training.train --out <dir holding state/> --export-only
 set -euo pipefail
 WHL=${WHL:-.whl}
 if compgen -G "$WHL/*.whl" > /dev/null; then  # only for packages the GPU image lacks
@@ -34,21 +34,21 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 RECIPE=${RECIPE:-"--seed 0 --batch ${BATCH:-192} --workers ${WORKERS:-13} --lr ${LR:-1e-3} --warmup 300 --fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05"}
 if [ "${PROFILE:-0}" = 1 ]; then  # seconds per step of the recipe under autocast and with the bf16 compute copy
   for prec in bf16 bf16-master; do
-    python3 -m flowcache_core.train --out /tmp/prof --profile $RECIPE --precision $prec > "$OUT/profile_$prec.log" 2>&1
+    python3 -m flowcache_core.training.train --out /tmp/prof --profile $RECIPE --precision $prec > "$OUT/profile_$prec.log" 2>&1
     echo "$prec: $(grep step_s "$OUT/profile_$prec.log" | tr '\n' ' ')"
   done
 fi
 REPRO_STEPS=${REPRO_STEPS:-0}
 if [ "$REPRO_STEPS" -gt 0 ]; then
-python3 -m flowcache_core.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_a.log"
-python3 -m flowcache_core.train --out /tmp/repB --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_b.log"
+python3 -m flowcache_core.training.train --out /tmp/repA --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_a.log"
+python3 -m flowcache_core.training.train --out /tmp/repB --steps "$REPRO_STEPS" --no-resume $RECIPE > "$OUT/repro_b.log"
 paste <(grep '"loss"' "$OUT/repro_a.log") <(grep '"loss"' "$OUT/repro_b.log") | head -3
 fi
 mkdir -p /tmp/main
 if [ -d "${RESUME_FROM:-}" ]; then rm -rf /tmp/main/state; cp -r "$RESUME_FROM" /tmp/main/state; fi
 if [ "${RESUME:-0}" = 1 ] && [ ! -d /tmp/main/state ]; then echo "RESUME=1 but no state to resume" >&2; exit 3; fi
 if [ "${RESUME:-0}" != 1 ] && [ -z "${RESUME_FROM:-}" ]; then rm -rf /tmp/main; mkdir -p /tmp/main; fi
-python3 -m flowcache_core.train --out /tmp/main --time-limit "${TIME_LIMIT:-450}" --steps "${STEPS:-6217}" $RECIPE \
+python3 -m flowcache_core.training.train --out /tmp/main --time-limit "${TIME_LIMIT:-450}" --steps "${STEPS:-6217}" $RECIPE \
   ${FIT:+--fit-to-time} ${TRAIN_ARGS:-} | tee "$OUT/train.log"
 cp -r /tmp/main/state "$OUT/state"
 cp -r /tmp/main/default_model "$OUT/default_model"

@@ -1,9 +1,12 @@
 """What every command shares: one console for output, one for errors, and the one-line error contract."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import math
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-from flowcache_core.cache.policy import CacheConfig
+from flowcache_core.cache.options import check_value
 from flowcache_core.errors import FlowcacheError
 
 console = Console()
@@ -66,26 +69,74 @@ class OneLineUsageErrors(TyperCommand):
             raise fail(f"{e.format_message()} (see {ctx.command_path} --help)") from None
 
 
-def cache_config_from_flags(policy: str, given: dict, config=None) -> CacheConfig:
-    """CacheConfig from the cache flags the user gave, else the model's `flowcache.cache_defaults`, else
-    CacheConfig's defaults (the published 0.015 / 5). Error lines name the CLI flag (`--rel-l1-thresh -1 ...`).
-    config=None checks the flags alone (before the model is loaded); with a MagiConfig the budget is checked
-    against its window size too."""
-    import dataclasses
+def fmt_number(v: float | None, digits: int) -> str:
+    """A table cell: '-' for a missing value, 'inf' for an infinite one (identical videos' PSNR)."""
+    if v is None:
+        return "-"
+    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
 
-    fields = {f.name for f in dataclasses.fields(CacheConfig)} - {"policy"}
-    defaults = ((config.extra.get("flowcache") or {}).get("cache_defaults") or {}) if config is not None else {}
-    kwargs = {k: v for k, v in defaults.items() if k in fields}
-    kwargs.update({k: v for k, v in given.items() if v is not None})
-    try:
-        cache = CacheConfig(policy=policy, **kwargs)
-        if config is not None:
-            cache.validate_for(config.runtime.window_size)
-    except FlowcacheError as e:
-        msg = str(e)
-        for name in ("policy", *fields):
-            if msg.startswith(f"{name}="):
-                flag = "--cache" if name == "policy" else f"--{name.replace('_', '-')}"
-                msg = f"{flag} " + msg[len(name) + 1:]
-        raise FlowcacheError(msg) from None
-    return cache
+
+# ------------------------------------------------------------------------------------------ option flags
+def option_flags(fields: dict[str, dataclasses.Field]) -> Callable[[F], F]:
+    """Give a command one flag per option field (`rel_l1_thresh` -> `--rel-l1-thresh`), typed, help from the
+    field, default None (= not given). The command receives the given ones as a dict in its `options` argument,
+    each value already checked by the field's rules (error lines name the flag)."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+        base = [p for p in sig.parameters.values() if p.name != "options"]
+        extra = []
+        for name, f in fields.items():
+            meta, kind = f.metadata, f.metadata["kind"]
+            helptext = meta["help"] + (f" One of {', '.join(meta['choices'])}." if meta["choices"] else "")
+            extra.append(inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                default=typer.Option(None, flag_name(name), help=helptext, show_default=False)))
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            given = {n: kwargs.pop(n) for n in fields if kwargs.get(n) is not None}
+            for n in fields:
+                kwargs.pop(n, None)
+            for n, v in given.items():
+                check_value(flag_name(n), v, fields[n].metadata)
+            return fn(*args, options=given, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=base + extra)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def flag_name(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def cache_flag_fields() -> dict[str, dataclasses.Field]:
+    """Every cache option flag (all registered policies' options and the KV budget's), each once."""
+    from flowcache_core.cache.settings import all_options
+
+    return all_options()
+
+
+def family_flag_fields() -> dict[str, dataclasses.Field]:
+    """Every family's own request options (e.g. MAGI-1's cfg_number), each once."""
+    from flowcache_core.cache.options import option_fields
+    from flowcache_core.models.registry import FAMILIES
+
+    out: dict[str, dataclasses.Field] = {}
+    for fam in FAMILIES.values():
+        out.update(option_fields(fam.Options))
+    return out
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """(cache options, family options) of a command's given option flags."""
+    cache = cache_flag_fields()
+    return {k: v for k, v in options.items() if k in cache}, {k: v for k, v in options.items() if k not in cache}
+
+
+def check_policy_flag(policy: str) -> str:
+    from flowcache_core.cache.settings import check_policy
+
+    return check_policy(policy, "--cache")

@@ -1,7 +1,6 @@
 """`flowcache evaluate`: PSNR / SSIM / LPIPS of candidate videos against references, as a rich table."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -9,14 +8,9 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
-from flowcache_core.evaluate import EvaluationResult, evaluate
-
-
-def _fmt(v: float | None, digits: int) -> str:
-    if v is None:
-        return "-"
-    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
+from flowcache_cli._common import fmt_number, OneLineUsageErrors, console, err_console, user_errors
+from flowcache_core.api import check_device
+from flowcache_core.eval.evaluate import EvaluationResult, evaluate
 
 
 def render(result: EvaluationResult) -> Table:
@@ -25,11 +19,11 @@ def render(result: EvaluationResult) -> Table:
                       ("SSIM", "right"), ("LPIPS", "right")]:  # fmt: skip
         table.add_column(col, justify=just)
     for p in result.pairs:
-        table.add_row(p.name, str(p.frames), f"{p.width}x{p.height}", _fmt(p.psnr, 2), _fmt(p.ssim, 4), _fmt(p.lpips, 4))
+        table.add_row(p.name, str(p.frames), f"{p.width}x{p.height}", fmt_number(p.psnr, 2), fmt_number(p.ssim, 4), fmt_number(p.lpips, 4))
     table.add_section()
     table.add_row(
-        f"mean of {len(result.pairs)}", "", "", _fmt(result.mean_psnr, 2), _fmt(result.mean_ssim, 4),
-        _fmt(result.mean_lpips, 4), style="bold",
+        f"mean of {len(result.pairs)}", "", "", fmt_number(result.mean_psnr, 2), fmt_number(result.mean_ssim, 4),
+        fmt_number(result.mean_lpips, 4), style="bold",
     )  # fmt: skip
     return table
 
@@ -50,6 +44,7 @@ def evaluate_cmd(
     device: str = typer.Option("cpu", "--device", help="Torch device for LPIPS (cpu, cuda, cuda:N)."),
 ) -> None:
     """Compare candidate videos against references: PSNR (clip and per frame), SSIM, LPIPS."""
+    check_device(device)
     with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         task = progress.add_task("evaluating", total=None)
 

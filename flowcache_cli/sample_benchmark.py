@@ -1,7 +1,7 @@
 """`flowcache sample-benchmark {vbench,physicsiq}`: sample a benchmark's videos, resumable and sharded.
 
 The work (prompt lists, PhysicsIQ reader, seeds, sharding, the sampling loop, manifests) lives in
-`flowcache_core.benchmarks`; this module turns flags into calls and draws the progress bar.
+`flowcache_core.eval.benchmarks`; this module turns flags into calls and draws the progress bar.
 """
 from __future__ import annotations
 
@@ -11,28 +11,19 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flowcache_cli._common import OneLineUsageErrors, cache_config_from_flags, console, err_console, user_errors
-from flowcache_core import benchmarks as bm
-from flowcache_core.cache.policy import COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig
-from flowcache_core.errors import FlowcacheError
-
-bench_app = typer.Typer(
-    help="Sample a benchmark's videos (VBench prompts, PhysicsIQ scenarios): resumable, sharded "
-         "(--shard i/n or torchrun), one manifest.json per output dir.",
-    no_args_is_help=True,
+from flowcache_cli._common import (
+    OneLineUsageErrors, cache_flag_fields, check_policy_flag, console, err_console, option_flags, user_errors,
 )  # fmt: skip
+from flowcache_core.api import check_device, load, resolve
+from flowcache_core.cache.settings import CacheConfig, policy_names
+from flowcache_core.errors import FlowcacheError
+from flowcache_core.eval import benchmarks as bm
 
 # ----------------------------------------------------------------------------------------------- shared flags
-# Typer has no option groups: the flags both commands take are defined once here and reused.
+# Typer has no option groups: the flags both commands take are defined once here and reused; the cache option
+# flags come from the policy registry (`option_flags`, applied when the app is built).
 OUTPUT_DIR = typer.Option(..., "--output-dir", help="Folder for the videos and manifest.json (created if missing).")
-CACHE = typer.Option("none", "--cache", help=f"Cache policy: {', '.join(POLICY_NAMES)} (none = uncached reference).")
-REL_L1 = typer.Option(None, "--rel-l1-thresh", help="Accumulated relative-L1 reuse threshold (default: the model's).")
-WARMUP = typer.Option(None, "--warmup-steps", help="Steps always computed (default: the model's).")
-REUSE = typer.Option(None, "--reuse", help=f"Reused update: {', '.join(REUSE_MODES)}.")
-B_TOTAL = typer.Option(None, "--total-cache-chunk-nums", help="KV cache budget B_total in chunks (off when not given).")
-STRATEGY = typer.Option(None, "--compress-strategy", help=f"Unit of KV selection: {', '.join(COMPRESS_STRATEGIES)}.")
-QUERY = typer.Option(None, "--query-granularity", help=f"Importance queries: {', '.join(QUERY_GRANULARITIES)}.")
-LAMBDA = typer.Option(None, "--mix-lambda", help="Weight of importance against redundancy, in [0, 1] (0.07).")
+CACHE = typer.Option("none", "--cache", help=f"Cache policy: {', '.join(policy_names())} (none = uncached reference).")
 CHECKPOINT = typer.Option(None, "--checkpoint-dir", help="Model bundle folder (default: the shipped default model).")
 STEPS = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's).")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK).")
@@ -43,37 +34,21 @@ LOSSLESS = typer.Option(False, "--lossless", help="Bit-exact H.264 RGB videos (f
 QUIET = typer.Option(False, "--quiet", help="No progress bar (the one-line summary stays).")
 
 
-def _cache_config(bundle, policy: str, **given) -> CacheConfig:
-    """As `generate` does; bundle=None: check the flags alone, before the model loads."""
-    return cache_config_from_flags(policy, given, bundle.config if bundle is not None else None)
-
-
-def _checked_cache_flags(policy, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums, compress_strategy,
-                         query_granularity, mix_lambda) -> dict:
-    """The cache flags as CacheConfig fields, checked now so bad ones fail before the model loads."""
-    flags = dict(policy=policy, rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
-                 total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
-                 query_granularity=query_granularity, mix_lambda=mix_lambda)
-    _cache_config(None, **flags)
-    return flags
-
-
 def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, checkpoint_dir, device: str,
-            cache_flags: dict, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
+            cache: CacheConfig, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
     """Shared tail of both commands: bundle once, this process's items, progress, barrier, merged manifest.
 
     build_items(bundle) -> (all items, keep_frames or None, note or None); num_frames_for(bundle) -> int|None.
     """
-    from flowcache_core.bundle import load_bundle
-
+    check_device(device)  # before anything is created on disk
     out = bm.prepare_output_dir(output_dir)
     device = bm.init_distributed(shard, device)
     try:
-        bundle = load_bundle(checkpoint_dir, device=device)
+        request = resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps)
+        bundle = load(request)
         items, keep_frames, note = build_items(bundle)
         mine = shard.take(items)
         bm.check_inputs(mine)
-        cache = _cache_config(bundle, **cache_flags)
         settings = bm.SamplingSettings(cache, num_steps, num_frames_for(bundle), device, lossless, keep_frames)
         rank_label = f"shard {shard.index}/{shard.count}" if shard.count > 1 else "all"
         show = not quiet and shard.index == 0 if shard.distributed else not quiet
@@ -90,7 +65,8 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
 
             summary = bm.sample_items(mine, out, settings, bundle=bundle, rank=shard.index, on_progress=on_progress)
         bm.finish_distributed(shard)  # torchrun: wait for every rank before rank 0 merges
-        meta = {"benchmark": benchmark, "shards": shard.count, "cache": cache.__dict__.copy()}
+        meta = {"benchmark": benchmark, "shards": shard.count,
+                "cache": {"policy": request.cache.policy, **request.cache.options()}}
         merged = None
         if not shard.distributed or shard.index == 0:  # independent --shard runs: each merges what is on disk
             merged = bm.merge_manifests(out, items, meta)
@@ -105,8 +81,6 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
 # ----------------------------------------------------------------------------------------------- vbench
 
 
-@bench_app.command("vbench", cls=OneLineUsageErrors)
-@user_errors
 def vbench_cmd(
     output_dir: Path = OUTPUT_DIR,
     dimension: Optional[List[str]] = typer.Option(
@@ -116,12 +90,9 @@ def vbench_cmd(
     samples_per_prompt: int = typer.Option(
         bm.VBENCH_SAMPLES_PER_PROMPT, "--samples-per-prompt", help="Videos per prompt, named {prompt}-{i}.mp4."),
     num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video (default: the model's)."),
-    cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
-    reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
-    compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
-    mix_lambda: Optional[float] = LAMBDA, checkpoint_dir: Optional[Path] = CHECKPOINT,
+    cache: str = CACHE, checkpoint_dir: Optional[Path] = CHECKPOINT,
     num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
-    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET,
+    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET, options: dict = None,
 ) -> None:
     """VBench: every unique prompt (or those of --dimension) x --samples-per-prompt, as {prompt}-{i}.mp4."""
     the_shard = bm.resolve_shard(shard)
@@ -132,38 +103,31 @@ def vbench_cmd(
     prompts = bm.read_prompt_file(prompt_file) if prompt_file is not None else bm.vbench_prompts()
     prompts = bm.filter_dimensions(prompts, dimension or [])
     items = bm.limit_items(bm.prompt_items(prompts, samples_per_prompt, seed), limit)
-    flags = _checked_cache_flags(cache, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums,
-                                 compress_strategy, query_granularity, mix_lambda)
+    cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
     _sample("vbench" if prompt_file is None else f"prompts:{prompt_file.name}", the_shard,
-            lambda bundle: (items, None, None), output_dir, checkpoint_dir, device, flags, num_steps,
+            lambda bundle: (items, None, None), output_dir, checkpoint_dir, device, cache_request, num_steps,
             lambda bundle: num_frames, lossless, quiet)
 
 
 # ----------------------------------------------------------------------------------------------- physicsiq
 
 
-@bench_app.command("physicsiq", cls=OneLineUsageErrors)
-@user_errors
 def physicsiq_cmd(
     dataset_dir: Path = typer.Option(..., "--dataset-dir", help="PhysicsIQ root: descriptions.csv, switch-frames/, split-videos/."),
     output_dir: Path = OUTPUT_DIR,
     mode: str = typer.Option("v2v", "--mode", help="v2v: continue the 3 s conditioning video; i2v: start from the switch frame."),
     num_frames: Optional[int] = typer.Option(
         None, "--num-frames", help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
-    cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
-    reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
-    compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
-    mix_lambda: Optional[float] = LAMBDA, checkpoint_dir: Optional[Path] = CHECKPOINT,
+    cache: str = CACHE, checkpoint_dir: Optional[Path] = CHECKPOINT,
     num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
-    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET,
+    limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET, options: dict = None,
 ) -> None:
     """PhysicsIQ: one video per take-1 scenario, named by generated_video_name, exactly 5 s at the model's fps."""
     the_shard = bm.resolve_shard(shard)
     if mode not in bm.PHYSICSIQ_MODES:
         raise FlowcacheError(f"--mode {mode!r} unknown for PhysicsIQ (allowed: {', '.join(bm.PHYSICSIQ_MODES)})")
     rows = bm.read_physicsiq(dataset_dir)
-    flags = _checked_cache_flags(cache, rel_l1_thresh, warmup_steps, reuse, total_cache_chunk_nums,
-                                 compress_strategy, query_granularity, mix_lambda)
+    cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
 
     def need(bundle) -> int:
         return bundle.config.runtime.fps * bm.PHYSICSIQ_SECONDS
@@ -180,9 +144,17 @@ def physicsiq_cmd(
             note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(bundle)} frames at {fps} fps"
         return items, need(bundle), note
 
-    _sample(f"physicsiq-{mode}", the_shard, build, output_dir, checkpoint_dir, device, flags, num_steps,
+    _sample(f"physicsiq-{mode}", the_shard, build, output_dir, checkpoint_dir, device, cache_request, num_steps,
             lambda bundle: max(num_frames or 0, need(bundle)), lossless, quiet)
 
 
 def register(app: typer.Typer) -> None:
+    bench_app = typer.Typer(
+        help="Sample a benchmark's videos (VBench prompts, PhysicsIQ scenarios): resumable, sharded "
+             "(--shard i/n or torchrun), one manifest.json per output dir.",
+        no_args_is_help=True,
+    )  # fmt: skip
+    flags = option_flags(cache_flag_fields())
+    bench_app.command("vbench", cls=OneLineUsageErrors)(user_errors(flags(vbench_cmd)))
+    bench_app.command("physicsiq", cls=OneLineUsageErrors)(user_errors(flags(physicsiq_cmd)))
     app.add_typer(bench_app, name="sample-benchmark")

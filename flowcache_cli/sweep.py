@@ -2,34 +2,27 @@
 against `none`; writes sweep.json and sweep_pareto.png and recommends the fastest setting above a floor.
 
 Every cheap check runs first (lists, choices, prompt file, output folder) so a typo fails with one line before
-the model loads. The work lives in `flowcache_core.sweep`.
+the model loads. The work lives in `flowcache_core.eval.sweep`.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
-from flowcache_core.bundle import load_bundle
-from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES
+from flowcache_cli._common import fmt_number, OneLineUsageErrors, console, err_console, user_errors
+from flowcache_core.api import check_device, load, resolve
+from flowcache_core.cache.policy import REUSE_MODES
+from flowcache_core.cache.registry import POLICIES
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.sweep import (
+from flowcache_core.eval.sweep import (
     DEFAULT_THRESHOLDS, SweepConfig, SweepResult, check_output_dir, default_prompts, pareto_plot, parse_choices,
     parse_float_list, parse_int_list, read_prompt_file, recommend, run_sweep, write_json,
 )  # fmt: skip
-
-
-def _fmt(v: float | None, digits: int) -> str:
-    if v is None:
-        return "-"
-    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
 
 
 def render(result: SweepResult, min_psnr: float, min_ssim: float) -> Table:
@@ -43,8 +36,8 @@ def render(result: SweepResult, min_psnr: float, min_ssim: float) -> Table:
         style = "bold green" if rec is not None and s.setting == rec.setting else None
         table.add_row(s.setting, str(s.runs), f"{s.mean_seconds:.2f}", f"{s.speedup:.2f}x", f"{s.speedup_median:.2f}x", f"{s.cpu_speedup:.2f}x",
                       f"{s.computed_chunk_forwards}/{s.chunk_forwards}", f"{s.ideal_speedup:.2f}x",
-                      f"{s.realized_over_ideal:.2f}", _fmt(s.psnr_mean, 2), _fmt(s.psnr_min, 2), _fmt(s.ssim_mean, 3),
-                      _fmt(s.lpips_mean, 3), style=style)  # fmt: skip
+                      f"{s.realized_over_ideal:.2f}", fmt_number(s.psnr_mean, 2), fmt_number(s.psnr_min, 2), fmt_number(s.ssim_mean, 3),
+                      fmt_number(s.lpips_mean, 3), style=style)  # fmt: skip
     return table
 
 
@@ -57,9 +50,9 @@ def sweep_cmd(
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Always-computed steps (default: the model's)."),
     num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds; every setting runs every seed."),
-    policies: str = typer.Option(",".join(POLICY_NAMES), "--policies", help=f"Subset of {','.join(POLICY_NAMES)} (none always runs)."),
+    policies: str = typer.Option(",".join(POLICIES), "--policies", help=f"Subset of {','.join(POLICIES)} (none always runs)."),
     reuse_modes: str = typer.Option(",".join(REUSE_MODES), "--reuse-modes",
-                                    help="flowcache reuse modes: displacement (published rule), velocity, extrapolate."),
+                                    help="Reuse modes of the policies that have one: displacement (published rule), velocity, extrapolate."),
     min_psnr: float = typer.Option(25.0, "--min-psnr", help="Recommendation floor: mean PSNR vs none (dB)."),
     min_ssim: float = typer.Option(0.75, "--min-ssim", help="Recommendation floor: mean SSIM vs none."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle; default: the shipped model."),
@@ -74,7 +67,7 @@ def sweep_cmd(
     if num_steps is not None and num_steps < 1:
         raise FlowcacheError(f"--num-steps {num_steps} must be >= 1")
     thr = parse_float_list(thresholds, "--thresholds")
-    pol = parse_choices(policies, tuple(POLICY_NAMES), "--policies")
+    pol = parse_choices(policies, tuple(POLICIES), "--policies")
     modes = parse_choices(reuse_modes, REUSE_MODES, "--reuse-modes")
     sds = parse_int_list(seeds, "--seeds")
     texts = read_prompt_file(prompt_file) if prompt_file is not None else default_prompts(prompts)
@@ -82,12 +75,9 @@ def sweep_cmd(
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, device=device,
                       lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
     cfg.validate()
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise FlowcacheError(f"--device {device!r} is not one of cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowcacheError(f"--device {device} asked for but CUDA is not available here (use --device cpu)")
+    check_device(device)
     out = check_output_dir(output_dir)
-    bundle = load_bundle(cfg.checkpoint_dir, device=device)
+    bundle = load(resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps))
 
     show = not quiet and err_console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -108,8 +98,8 @@ def sweep_cmd(
     wide.print(render(result, min_psnr, min_ssim))
     if result.seed_scale:
         sc = result.seed_scale
-        console.print(f"scale: two seeds of none differ by PSNR {_fmt(sc['psnr_mean'], 2)} dB, SSIM "
-                      f"{_fmt(sc['ssim_mean'], 3)}", highlight=False, soft_wrap=True)
+        console.print(f"scale: two seeds of none differ by PSNR {fmt_number(sc['psnr_mean'], 2)} dB, SSIM "
+                      f"{fmt_number(sc['ssim_mean'], 3)}", highlight=False, soft_wrap=True)
     if not result.lpips_status.startswith("on"):
         console.print(f"LPIPS {result.lpips_status}", highlight=False, soft_wrap=True)
     rec = result.recommendation

@@ -1,28 +1,50 @@
-"""`generate`: prompt (and image / prefix video) in, frames out. The Python API the CLI calls.
+"""The Python API the CLI calls: resolve a request, load the model, generate.
 
-Data path, front to back: prompt -> text encoder -> caption; seeded noise (C, T, h, w); image / prefix video
--> codec -> prefix latents; `Sampler` walks the chunk pipeline with the cache policy; each clean chunk is
+Data path, front to back: checkpoint folder -> its family (models/registry.py) -> config, with a config file and
+the request laid over it, and the cache settings resolved (`resolve`); weights, codec and text encoder
+(`load`); the family turns prompt / image / prefix video into a generation (text conditioning, seeded noise,
+prefix latents); `engine.loop.run_chunks` walks it with the cache policy and the KV store; each clean chunk is
 decoded by the codec as it is emitted; frames (T, H, W, 3) uint8 come back with the run's record.
+
+    from flowcache_core import generate, CacheConfig
+    result = generate("a green circle moves right", cache=CacheConfig("flowcache"))
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.kv import KVStore
-from flowcache_core.cache.kv_compressor import KVCompressor
-from flowcache_core.cache.policy import CacheConfig, make_policy
+from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
+from flowcache_core.engine.events import RunRecord
+from flowcache_core.engine.family import Bundle, Family, find_family
+from flowcache_core.engine.loop import Generation, run_chunks
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.codec import from_pixels, to_pixels
-from flowcache_core.pipeline import RunRecord, Sampler, TextCondition
-from flowcache_core.schedule import chunk_layout
+from flowcache_core.models.codec import to_pixels
+from flowcache_core.models.registry import FAMILIES
 
 MODES = ("t2v", "i2v", "v2v")
+
+
+@dataclass
+class Request:
+    """A generation request with every default resolved: what will run, checked before anything heavy loads."""
+
+    family: Family
+    path: Path
+    variant: str | None
+    config: Any  # the family's config, request and config file laid over the checkpoint's
+    cache: ResolvedCache
+    prompt: str
+    mode: str
+    device: str
+    attn_backend: str
 
 
 @dataclass
@@ -31,100 +53,119 @@ class GenerationResult:
     fps: int
     record: RunRecord
     latents: torch.Tensor  # (C, T', h, w) the emitted clean latents
+    cache: ResolvedCache
     events: list = field(default_factory=list)
 
 
-def make_store(model_cfg, cache: CacheConfig, tokens_per_chunk: int, tokens_per_frame: int) -> KVStore:
-    """The KV store a run uses: unbounded, or B_total chunk-equivalents per layer with the KV compressor."""
-    if not cache.compress:
-        return KVStore(model_cfg.num_layers)
-    comp = KVCompressor(cache.compress_strategy, cache.query_granularity, cache.mix_lambda)
-    return KVStore(model_cfg.num_layers, budget_tokens=cache.total_cache_chunk_nums * tokens_per_chunk, compressor=comp,
-                   tokens_per_chunk=tokens_per_chunk, tokens_per_frame=tokens_per_frame)
+def check_device(device: str) -> str:
+    """cpu, cuda or cuda:N that this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise FlowcacheError(f"device {device!r} is not a torch device (allowed: cpu, cuda, cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FlowcacheError(f"device {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlowcacheError(f"device {device!r} asked for but CUDA is not available here (use cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FlowcacheError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
-def _check_int(name: str, v, lo: int = 1) -> None:
-    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
-        raise FlowcacheError(f"{name} {v!r} must be an integer >= {lo}")
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A config file: a JSON object (MAGI-1 schema for MAGI-1 models; `flowcache.cache_defaults` for cache options)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FlowcacheError(f"config file {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowcacheError(f"config file {str(p)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict):
+        raise FlowcacheError(f"config file {str(p)!r} must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
-def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
-             prefix_video: np.ndarray | None = None, cache: CacheConfig | None = None,
-             checkpoint_dir: str | os.PathLike | None = None, bundle: Bundle | None = None,
-             seed: int | None = None, num_steps: int | None = None, num_frames: int | None = None,
-             height: int | None = None, width: int | None = None, cfg_number: int | None = None,
-             device: str = "cpu", attn_backend: str = "sdpa", variant: str | None = None,
-             on_event: Callable[[object], None] | None = None) -> GenerationResult:
-    """Generate a video. `image` is (H, W, 3) uint8 for i2v; `prefix_video` (T, H, W, 3) uint8 for v2v."""
+def _cache_defaults(data: dict | None) -> Any:
+    fc = data.get("flowcache") if data else None
+    return fc.get("cache_defaults") if isinstance(fc, dict) else None
+
+
+def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = None,
+            checkpoint_dir: str | os.PathLike | None = None, variant: str | None = None,
+            config_file: str | os.PathLike | None = None, bundle: Bundle | None = None, device: str = "cpu",
+            attn_backend: str = "sdpa", **options: Any) -> Request:
+    """Every default resolved in one place, in this order (later wins): built-in defaults < the checkpoint's
+    config and `cache_defaults` < the config file < the arguments given here. `options`: num_steps, num_frames,
+    height, width, seed and the family's own (e.g. cfg_number for MAGI-1); None = not given."""
+    from flowcache_core.models.attention import check_backend
+
     if mode not in MODES:
         raise FlowcacheError(f"mode {mode!r} unknown (allowed: {', '.join(MODES)})")
     if mode == "t2v" and not prompt.strip():
         raise FlowcacheError("prompt is empty; t2v needs a prompt (i2v/v2v may run without one)")
-    for name, v in (("num_steps", num_steps), ("num_frames", num_frames), ("height", height), ("width", width)):
-        _check_int(name, v)
-    _check_int("seed", seed, 0)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowcacheError(f"device {device!r} asked for but CUDA is not available here (use --device cpu)")
-    b = bundle or load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend, variant=variant)
-    cfg = b.config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
-                           cfg_number=cfg_number, seed=seed)
-    cfg.validate()
-    rt = cfg.runtime
-    cache = cache or CacheConfig(policy="none")
-    cache.validate_for(rt.window_size)
-    dev = b.device
+    check_device(device)
+    check_backend(attn_backend)
+    if bundle is not None:
+        family, path, base = FAMILIES[bundle.family], bundle.path, bundle.config
+    else:
+        family, path = find_family(Path(checkpoint_dir) if checkpoint_dir is not None else None, FAMILIES)
+        base = family.read_config(path, variant)
+    file_data = read_config_file(config_file) if config_file is not None else None
+    source = f"config file {str(config_file)!r}"
+    config = family.apply(base, file_data, source, **options)
+    resolved = resolve_cache(cache, [("the model's config.json", family.cache_defaults(config)),
+                                     (source, _cache_defaults(file_data))])
+    resolved.kv.validate_for(family.window_size(config))
+    return Request(family, path, variant, config, resolved, prompt, mode, device, attn_backend)
 
-    # Prefix latents (i2v: one image; v2v: a video) in the codec's latent space.
-    prefix = None
-    H, W = rt.video_size_h, rt.video_size_w
-    if mode == "i2v":
-        if image is None:
-            raise FlowcacheError("i2v needs --image")
-        if image.shape[:2] != (H, W):
-            raise FlowcacheError(f"image is {image.shape[1]}x{image.shape[0]}, the model generates {W}x{H} (resize it or pass --width/--height)")
-        prefix = b.codec.encode(from_pixels(image[None]).to(dev))
-    elif mode == "v2v":
-        if prefix_video is None:
-            raise FlowcacheError("v2v needs --prefix-video")
-        if prefix_video.shape[1:3] != (H, W):
-            raise FlowcacheError(f"prefix video is {prefix_video.shape[2]}x{prefix_video.shape[1]}, the model generates {W}x{H}")
-        min_frames = rt.chunk_width * b.codec.temporal_downsample
-        if prefix_video.shape[0] < min_frames:
-            raise FlowcacheError(f"prefix video has {prefix_video.shape[0]} frames, v2v needs at least one chunk ({min_frames} frames)")
-        usable = prefix_video.shape[0] - prefix_video.shape[0] % b.codec.temporal_downsample
-        prefix = b.codec.encode(from_pixels(prefix_video[:usable]).to(dev))
 
-    # Seeded noise for the generated part, drawn on the CPU so every device gets the same video.
-    C, Tl, h, w = b.codec.latent_shape(rt.num_frames, H, W)
-    p = b.config.model.patch_size
-    P = 0 if prefix is None else prefix.shape[1]
-    chunk_num, _ = chunk_layout(Tl, P, rt.chunk_width)
-    # Text: one caption row per generated chunk (MAGI-1's T5 path prepends per-chunk duration tokens).
-    with torch.no_grad():
-        emb, mask = b.text_encoder.encode([prompt])
-        caps, masks = b.text_encoder.chunk_captions(emb[0], mask[0], chunk_num - P // rt.chunk_width)
-    text = TextCondition(caps.to(dev), masks.to(dev))
+def load(request: Request) -> Bundle:
+    """The request's model on its device (a missing, corrupt or mis-shaped checkpoint fails here, in one line)."""
+    return request.family.load(request.path, request.config, device=request.device,
+                               attn_backend=request.attn_backend, variant=request.variant)
 
-    gen = torch.Generator().manual_seed(rt.seed)
-    noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)  # every frame after the prefix
 
+def make_store(cache: ResolvedCache, gen: Generation) -> KVStore:
+    """The KV store a run uses: unbounded, or B_total chunk-equivalents per layer with the KV compressor."""
+    layers = gen.kv_layers
+    if not cache.kv.enabled:
+        return KVStore(layers)
+    tpc = gen.tokens_per_chunk
+    return KVStore(layers, budget_tokens=cache.kv.total_cache_chunk_nums * tpc, compressor=cache.kv.compressor(),
+                   tokens_per_chunk=tpc, tokens_per_frame=gen.tokens_per_frame)
+
+
+def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video: np.ndarray | None = None,
+             request: Request | None = None, bundle: Bundle | None = None,
+             on_event: Callable[[object], None] | None = None, **kwargs: Any) -> GenerationResult:
+    """Generate a video. `image` is (H, W, 3) uint8 for i2v; `prefix_video` (T, H, W, 3) uint8 for v2v.
+
+    Either a `request` from `resolve`, or `resolve`'s arguments (mode, cache, checkpoint_dir, config_file, seed,
+    num_steps, num_frames, height, width, device, ...). `bundle`: an already loaded model to use."""
+    if request is None:
+        request = resolve(prompt, bundle=bundle, **kwargs)
+    elif kwargs:
+        raise TypeError(f"generate: pass either request or resolve's arguments, not both ({', '.join(kwargs)})")
+    request.family.check_inputs(request.config, request.mode, image, prefix_video)
+    b = bundle if bundle is not None else load(request)
+    gen = request.family.prepare(b, request.config, request.prompt, request.mode, image, prefix_video)
+    store = make_store(request.cache, gen)
     events: list = []
 
-    def emit(e):
+    def emit(e: object) -> None:
         events.append(e)
         if on_event is not None:
             on_event(e)
 
-    sampler = Sampler(b.model, cfg, text, noise, prefix=prefix, policy=make_policy(cache), on_event=emit,
-                      store=make_store(b.model.cfg, cache, tokens_per_chunk=rt.chunk_width * (h // p) * (w // p),
-                                       tokens_per_frame=(h // p) * (w // p)))
+    dev = b.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    record = RunRecord()
     latents, frames = [], []
-    for _, lat in sampler.run():
+    for _, lat in run_chunks(gen, request.cache.make_policy(), store, record, emit):
         latents.append(lat)
         frames.append(to_pixels(b.codec.decode(lat.float())))
-    record = sampler.record
     if dev.type == "cuda":
         record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
-    return GenerationResult(np.concatenate(frames), rt.fps, record, torch.cat(latents, 1), events)
+    return GenerationResult(np.concatenate(frames), gen.fps, record, torch.cat(latents, 1), request.cache, events)

@@ -19,9 +19,10 @@ def make_tiny_bundle(path: Path, seed: int = 0) -> Path:
     with 2 layers of width 64 and 8 steps, so end-to-end tests run in about a second."""
     import dataclasses
 
-    from flowcache_core.model.dit import build_model
-    from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig
-    from flowcache_core.train import default_model_config, export_default_model
+    from flowcache_core.models.magi1.dit import build_model
+    from flowcache_core.models.text import WordTextEncoder
+    from flowcache_core.training.world import world_text_config
+    from flowcache_core.training.train import default_model_config, export_default_model
 
     cfg = default_model_config()
     cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
@@ -30,7 +31,7 @@ def make_tiny_bundle(path: Path, seed: int = 0) -> Path:
     model = build_model(cfg.model, dtype=torch.float32, seed=seed)
     with torch.no_grad():  # the training init zeroes the output layer; a random model should move the latents
         model.final_linear.linear.weight.normal_(0, 0.05)
-    export_default_model(model, WordTextEncoder(WordTextEncoderConfig(seed=seed)), cfg, path, dtype=torch.float32)
+    export_default_model(model, WordTextEncoder(world_text_config(seed=seed)), cfg, path, dtype=torch.float32)
     return path
 
 
@@ -45,7 +46,7 @@ def real_lpips():
     LpipsUnavailable (with the reason) when that is impossible, so the tests that need it skip."""
     import subprocess
 
-    from flowcache_core.metrics import LpipsUnavailable, load_lpips
+    from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips
 
     found = load_lpips()
     if isinstance(found, LpipsUnavailable):

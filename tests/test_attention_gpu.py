@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowcache_core.model.attention import attend, available_backends
+from flowcache_core.models.attention import attend, available_backends
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BF16_REL = 1e-2  # bf16 inputs and outputs: ~3.7e-3 measured on an H100 for both backends
@@ -33,8 +33,8 @@ def test_backend_matches_float64_reference_in_bf16(backend):
 def test_flash_and_sdpa_model_forwards_agree():
     if "flash" not in available_backends():
         pytest.skip("flash-attn not importable here")
-    from flowcache_core.config import magi_4_5b
-    from flowcache_core.model.dit import ChunkBatch, build_model
+    from flowcache_core.models.magi1.config import magi_4_5b
+    from flowcache_core.models.magi1.dit import ChunkBatch, build_model
 
     cfg = magi_4_5b(distill=True).model
     cfg.num_layers = 2

@@ -1,4 +1,4 @@
-"""flowcache_core.benchmarks without the model: prompt lists, names, seeds, shards, PhysicsIQ reader, manifests."""
+"""flowcache_core.eval.benchmarks without the model: prompt lists, names, seeds, shards, PhysicsIQ reader, manifests."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowcache_core import benchmarks as bm
+from flowcache_core.eval import benchmarks as bm
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.video import read_video
 
@@ -180,7 +180,7 @@ def fake_generate(prompt, *, seed, **_):
 
 
 def test_sample_items_resumes_and_merges(tmp_path):
-    from flowcache_core.cache.policy import CacheConfig
+    from flowcache_core.cache.settings import CacheConfig
 
     items = bm.prompt_items(bm.read_prompt_file(_write(tmp_path / "p.txt", "a\nb\nc\n")), 2)
     out = tmp_path / "out"

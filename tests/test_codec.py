@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.codec import LatentCodec, SpaceToDepthCodec, from_pixels, make_codec, to_pixels
+from flowcache_core.models.codec import LatentCodec, SpaceToDepthCodec, from_pixels, make_codec, to_pixels
 
 
 def test_round_trip_is_exact_and_shapes():

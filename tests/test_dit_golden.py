@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from flowcache_core.cache.kv import KVAccess, KVStore
-from flowcache_core.config import MagiConfig
-from flowcache_core.model.dit import ChunkBatch, VideoDiT
-from flowcache_core.schedule import distill_step_size
+from flowcache_core.models.magi1.config import MagiConfig
+from flowcache_core.models.magi1.dit import ChunkBatch, VideoDiT
+from flowcache_core.models.magi1.schedule import distill_step_size
 
 TOL = 1e-4
 

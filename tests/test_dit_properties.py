@@ -3,8 +3,8 @@ import torch
 import pytest
 
 from flowcache_core.cache.kv import KVAccess, KVStore
-from flowcache_core.config import ModelConfig, magi_24b, magi_4_5b
-from flowcache_core.model.dit import ChunkBatch, LearnableRoPE, build_model, count_parameters
+from flowcache_core.models.magi1.config import ModelConfig, magi_24b, magi_4_5b
+from flowcache_core.models.magi1.dit import ChunkBatch, LearnableRoPE, build_model, count_parameters
 
 CW, HW = 2, (4, 4)
 

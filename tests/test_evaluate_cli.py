@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowcache_cli.main import app
-from flowcache_core.metrics import LpipsUnavailable, load_lpips
+from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips
 from flowcache_core.video import write_image, write_video
 
 runner = CliRunner()

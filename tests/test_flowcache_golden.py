@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowcache_core.cache.policy import CacheConfig, ChunkStep, make_policy
+from flowcache_core.cache.policy import ChunkStep
+from flowcache_core.cache.settings import CacheConfig, make_policy
 
 CHUNKS, WINDOW, NUM_STEPS = 6, 4, 16
 PER_STAGE = NUM_STEPS // WINDOW

@@ -195,7 +195,7 @@ BAD = {
     "image wrong size": (["--mode", "i2v", "--image", "{inputs}/small.png"], ["32x32", "64x64"]),
     "threshold < 0": (["--prompt", PROMPT, "--cache", "flowcache", "--rel-l1-thresh", "-0.1"], ["--rel-l1-thresh", ">= 0"]),
     "warmup < 0": (["--prompt", PROMPT, "--cache", "flowcache", "--warmup-steps", "-1"], ["--warmup-steps", ">= 0"]),
-    "B_total <= window": (["--prompt", PROMPT, "--total-cache-chunk-nums", "4"], ["--total-cache-chunk-nums", "window"]),
+    "B_total <= window": (["--prompt", PROMPT, "--total-cache-chunk-nums", "4"], ["total_cache_chunk_nums=4", "window"]),
     "lambda > 1": (["--prompt", PROMPT, "--mix-lambda", "1.5"], ["--mix-lambda", "[0, 1]"]),
     "lambda < 0": (["--prompt", PROMPT, "--mix-lambda", "-0.5"], ["--mix-lambda", "[0, 1]"]),
     "unknown strategy": (["--prompt", PROMPT, "--compress-strategy", "pixel"], ["--compress-strategy", "token, frame, chunk"]),
@@ -266,8 +266,8 @@ def test_kv_budget_shows_in_live_line_and_log(tiny_bundle_dir, tmp_path):
 
 
 def test_progress_formatting():
-    from flowcache_core.pipeline import ChunkRecord, ForwardEvent
-    from flowcache_core.progress import fmt_tokens, forward_line, kv_text
+    from flowcache_core.engine.events import ChunkRecord, ForwardEvent
+    from flowcache_cli.progress import fmt_tokens, forward_line, kv_text
 
     assert [fmt_tokens(n) for n in (768, 2304, 61440, 2_500_000)] == ["768", "2.3k", "61k", "2.5M"]
     assert kv_text(61_000, 73_000) == "KV 61k/73k tokens, 84%"
@@ -275,3 +275,30 @@ def test_progress_formatting():
     e = ForwardEvent(11, [ChunkRecord(3, 9, 0.6, "compute", "threshold", 0.02, 0.0),
                           ChunkRecord(4, 5, 0.3, "reuse", "below_threshold", 0.004, 0.011)], 768, 2304, 2880, 0.1, 56)
     assert forward_line(e).plain == "fwd 12/56  c3 ■ .000 c4 □ .011   KV 2.3k/2.9k tokens, 80%"
+
+
+# ------------------------------------------------------------------------------------------ one place for defaults
+def test_api_and_cli_resolve_the_same_request(tiny_bundle_dir, tmp_path):
+    """Built-in defaults < the model's cache_defaults < the config file < explicit options, in one core function
+    that both the CLI and the API call: the same request gives byte-identical frames and the same JSON log."""
+    from flowcache_core.api import generate
+    from flowcache_core.cache.settings import CacheConfig
+    from flowcache_core.engine.events import ForwardEvent
+
+    bundle_cfg = json.loads((tiny_bundle_dir / "config.json").read_text())
+    assert bundle_cfg["flowcache"]["cache_defaults"]  # the tiny bundle carries cache_defaults, as the shipped one
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps({"runtime_config": {"num_steps": 4},
+                                    "flowcache": {"cache_defaults": {"warmup_steps": 1}}}))
+    out, log = tmp_path / "cli.mp4", tmp_path / "cli.jsonl"
+    ok(gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--seed", 2, "--cache", "flowcache", "--config-file", cfg_file,
+           "--rel-l1-thresh", 0.2, "--lossless", "--json-log", log, "--quiet"))
+    api = generate(PROMPT, checkpoint_dir=tiny_bundle_dir, seed=2, config_file=cfg_file,
+                   cache=CacheConfig("flowcache", rel_l1_thresh=0.2))
+    frames, _ = read_video(out)
+    assert np.array_equal(frames, api.frames)
+    assert read_log(log) == [e.to_json() for e in api.events if isinstance(e, ForwardEvent)]
+    # and what ran: 4 steps (file), warmup 1 (file over the model's), threshold 0.2 (given), the model's reuse
+    assert (api.cache.config.warmup_steps, api.cache.config.rel_l1_thresh) == (1, 0.2)
+    assert api.cache.config.reuse == bundle_cfg["flowcache"]["cache_defaults"]["reuse"]
+    assert len({c["step"] for line in read_log(log) for c in line["chunks"]}) == 4

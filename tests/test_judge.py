@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench.judge import accuracy, contact_sheet, judge_video, parse_caption  # noqa: E402
 from flowcache_core.errors import FlowcacheError  # noqa: E402
-from flowcache_core.world import held_out_single_object_captions, render_caption  # noqa: E402
+from flowcache_core.training.world import held_out_single_object_captions, render_caption  # noqa: E402
 
 CAPTIONS = held_out_single_object_captions(0, 60)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from flowcache_core.api import generate
-from flowcache_core.bundle import load_bundle
+from flowcache_core.models.magi1.bundle import load_bundle
 from flowcache_core.cache.kv import BudgetExceeded, KVStore
 from flowcache_core.cache.kv_compressor import KVCompressor
-from flowcache_core.cache.policy import CacheConfig
+from flowcache_core.cache.settings import CacheConfig
 
 
 @pytest.fixture(scope="module")

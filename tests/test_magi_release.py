@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from flowcache_core.api import generate
-from flowcache_core.config import ModelConfig, magi_4_5b
+from flowcache_core.models.magi1.config import ModelConfig, magi_4_5b
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.magi_release import choose_variant, load_magi_release, variant_config
-from flowcache_core.model.codec import make_codec
-from flowcache_core.model.t5 import SpecialTokens, chunk_captions, clean_caption
-from flowcache_core.model.vae import MagiVAECodec, ViTVAE, ViTVAEConfig, save_vit_vae
-from flowcache_core.random_release import write_random_release, write_random_t5
+from flowcache_core.models.magi1.release import choose_variant, load_magi_release, variant_config
+from flowcache_core.models.codec import make_codec
+from flowcache_core.models.magi1.t5 import SpecialTokens, chunk_captions, clean_caption
+from flowcache_core.models.magi1.vae import MagiVAECodec, ViTVAE, ViTVAEConfig, save_vit_vae
+from fixtures.random_release import write_random_release, write_random_t5
 
 T5_DIM = 32
 H = W = 64

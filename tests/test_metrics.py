@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowcache_core import metrics
+from flowcache_core.eval import metrics
 from conftest import real_lpips
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.metrics import LpipsAlex, LpipsUnavailable, load_lpips, lpips_per_frame, psnr, psnr_per_frame, ssim_per_frame
+from flowcache_core.eval.metrics import LpipsAlex, LpipsUnavailable, load_lpips, lpips_per_frame, psnr, psnr_per_frame, ssim_per_frame
 
 FETCH = Path(__file__).resolve().parents[1] / "scripts" / "fetch_lpips_weights.sh"
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import real_lpips
-from flowcache_core.metrics import LpipsUnavailable, cache_dir, lpips_per_frame, psnr
+from flowcache_core.eval.metrics import LpipsUnavailable, cache_dir, lpips_per_frame, psnr
 
 PAIRS = ["I03", "I04", "I06", "I08", "I19"]
 PUBLISHED_LPIPS = [0.7237, 0.2572, 0.0508, 0.0520, 0.4253]

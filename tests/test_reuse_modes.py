@@ -1,8 +1,8 @@
 """The reused update of a skipped chunk: displacement (published), velocity, extrapolate."""
 import torch
 
-from flowcache_core.cache.flowcache import FlowCache
-from flowcache_core.cache.policy import CacheConfig, ChunkDecision, ChunkStep
+from flowcache_core.cache.flowcache import FlowCache, FlowCacheConfig
+from flowcache_core.cache.policy import ChunkDecision, ChunkStep
 
 
 def _step(t, dt, step=1):
@@ -17,19 +17,19 @@ def _compute(policy, t, dt, v):
 def test_extrapolate_is_exact_for_a_velocity_linear_in_t():
     a, b = torch.randn(2, 5), torch.randn(2, 5)
     v = lambda t: a + b * t  # noqa: E731
-    p = FlowCache(CacheConfig("flowcache", reuse="extrapolate"))
+    p = FlowCache(FlowCacheConfig(reuse="extrapolate"))
     _compute(p, 0.10, 0.05, v(0.10))
     _compute(p, 0.15, 0.05, v(0.15))
     torch.testing.assert_close(p.reused_delta(_step(0.30, 0.07)), v(0.30) * 0.07)
     # the velocity rule keeps the last velocity: wrong by b * (0.30 - 0.15) * dt
-    q = FlowCache(CacheConfig("flowcache", reuse="velocity"))
+    q = FlowCache(FlowCacheConfig(reuse="velocity"))
     _compute(q, 0.10, 0.05, v(0.10))
     _compute(q, 0.15, 0.05, v(0.15))
     torch.testing.assert_close(q.reused_delta(_step(0.30, 0.07)), v(0.15) * 0.07)
 
 
 def test_extrapolate_needs_two_computed_steps_and_forgets_dropped_chunks():
-    p = FlowCache(CacheConfig("flowcache", reuse="extrapolate"))
+    p = FlowCache(FlowCacheConfig(reuse="extrapolate"))
     v0 = torch.randn(3)
     _compute(p, 0.2, 0.1, v0)
     torch.testing.assert_close(p.reused_delta(_step(0.3, 0.1)), v0 * 0.1)  # one point: the velocity rule

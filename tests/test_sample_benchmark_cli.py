@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from flowcache_cli.main import app
-from flowcache_core import benchmarks as bm
+from flowcache_core.eval import benchmarks as bm
 from flowcache_core.video import read_video
 from test_benchmarks import write_physicsiq
 

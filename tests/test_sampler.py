@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from flowcache_core.api import generate
-from flowcache_core.bundle import load_bundle
-from flowcache_core.cache.policy import CacheConfig
+from flowcache_core.models.magi1.bundle import load_bundle
+from flowcache_core.cache.settings import CacheConfig
 
 
 def _record_batches(model):

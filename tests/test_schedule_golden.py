@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from flowcache_core.schedule import chunk_layout, distill_step_size, init_t, plan_forwards
+from flowcache_core.models.magi1.schedule import chunk_layout, distill_step_size, init_t, plan_forwards
 from conftest import GOLDEN
 
 RUNS = json.load(gzip.open(GOLDEN / "magi1" / "sampler_schedule.json.gz", "rt"))["runs"]

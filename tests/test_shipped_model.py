@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.judge import judge_video  # noqa: E402
 from flowcache_core.api import generate  # noqa: E402
-from flowcache_core.bundle import load_bundle  # noqa: E402
+from flowcache_core.models.magi1.bundle import load_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from flowcache_cli.main import app  # noqa: E402
 from flowcache_core.errors import FlowcacheError  # noqa: E402
-from flowcache_core.sweep import (  # noqa: E402
+from flowcache_core.eval.sweep import (  # noqa: E402
     SettingSummary, SweepConfig, pareto_front, parse_float_list, recommend, run_sweep, settings_grid,
 )  # fmt: skip
 
@@ -103,7 +103,7 @@ def test_grid_and_parsing():
 
 
 def test_run_sweep_sees_every_video(tiny_bundle_dir):
-    from flowcache_core.bundle import load_bundle
+    from flowcache_core.models.magi1.bundle import load_bundle
 
     seen = []
     cfg = SweepConfig(["a red circle moves left"], [3], [0.2], ["none", "flowcache"], ["velocity"], num_steps=8,
@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
 def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path):
     import builtins
 
-    from flowcache_core.sweep import pareto_plot
+    from flowcache_core.eval.sweep import pareto_plot
 
     real = builtins.__import__
 
@@ -165,7 +165,7 @@ def test_judge_default_seam_stats():
     assert s["boundary_pairs"] == 1 and s["within_pairs"] == 6
     assert s["boundary_mean"] == 12 and s["within_mean"] == 2 and s["ratio"] == 6
     assert seam_stats([], cf)["ratio"] is None
-    from flowcache_core.world import render_caption
+    from flowcache_core.training.world import render_caption
 
     clip = render_caption("a red square moves left", 0, 16, 64, 64).frames
     assert colour_kept("a red square moves left", clip)["ok"]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from flowcache_core.cache.policy import CacheConfig, ChunkStep, NoCache, make_policy
+from flowcache_core.cache.policy import ChunkStep, NoCache
+from flowcache_core.cache.settings import CacheConfig, make_policy
 from flowcache_core.cache.teacache import TeaCache, window_rel_l1
 
 NUM_STEPS = 8
@@ -138,7 +139,7 @@ def test_drop_and_reset_forget_chunks():
 
 
 def test_nocache_computes_everything():
-    p = NoCache(CacheConfig(policy="none"))
+    p = NoCache()
     f = feats(2, 10)
     d, _ = run(p, [step(0, 3, f[0]), step(1, 0, f[1], entered=True)])
     assert [(x.compute, x.reason) for x in d] == [(True, "none"), (True, "none")]

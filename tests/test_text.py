@@ -3,15 +3,15 @@ import pytest
 import torch
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.text import (TextEncoder, WordTextEncoder, WordTextEncoderConfig, load_text_encoder,
+from flowcache_core.models.text import (TextEncoder, WordTextEncoder, load_text_encoder,
                                        save_text_encoder, split_words)
-from flowcache_core.world import WORLD_VOCAB, sample_caption_batch
+from flowcache_core.training.world import world_text_config, WORLD_VOCAB, sample_caption_batch
 
 PROMPTS = ["a red square moves left", "", "A RED, zorg-square!", " ".join(["blue"] * 40)]
 
 
 def test_tokenisation_unknown_words_and_mask():
-    enc = WordTextEncoder()
+    enc = WordTextEncoder(world_text_config())
     assert split_words("A RED, zorg-square!") == ["a", "red", "zorg", "square"]
     ids, mask = enc.tokenize(PROMPTS)
     assert ids.shape == mask.shape == (4, 24) and ids.dtype == mask.dtype == torch.int64
@@ -27,7 +27,7 @@ def test_tokenisation_unknown_words_and_mask():
 
 
 def test_encode_shapes_mask_and_no_nan():
-    enc = WordTextEncoder().eval()
+    enc = WordTextEncoder(world_text_config()).eval()
     assert isinstance(enc, TextEncoder) and enc.dim == 64 and enc.max_length == 24
     x, mask = enc.encode(PROMPTS)
     assert x.shape == (4, 24, 64) and x.dtype == torch.float32 and mask.dtype == torch.int64
@@ -39,8 +39,8 @@ def test_encode_shapes_mask_and_no_nan():
 
 
 def test_init_is_deterministic_and_trainable():
-    a, b = WordTextEncoder(), WordTextEncoder()
-    c = WordTextEncoder(WordTextEncoderConfig(seed=1))
+    a, b = WordTextEncoder(world_text_config()), WordTextEncoder(world_text_config())
+    c = WordTextEncoder(world_text_config(seed=1))
     for (k, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), k
     assert not torch.equal(a.tok_embed.weight, c.tok_embed.weight)
@@ -50,7 +50,7 @@ def test_init_is_deterministic_and_trainable():
 
 
 def test_save_load_round_trip(tmp_path):
-    enc = WordTextEncoder(WordTextEncoderConfig(dim=32, heads=2, layers=1, max_length=16, seed=3)).eval()
+    enc = WordTextEncoder(world_text_config(dim=32, heads=2, layers=1, max_length=16, seed=3)).eval()
     with torch.no_grad():
         enc.pos_embed.add_(1.0)  # not the init
     save_text_encoder(enc, str(tmp_path))
@@ -64,10 +64,10 @@ def test_save_load_round_trip(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(FlowcacheError, match="missing"):
         load_text_encoder(str(tmp_path))
-    save_text_encoder(WordTextEncoder(), str(tmp_path))
+    save_text_encoder(WordTextEncoder(world_text_config()), str(tmp_path))
     other = tmp_path / "other"
     other.mkdir()
-    save_text_encoder(WordTextEncoder(WordTextEncoderConfig(dim=32)), str(other))
+    save_text_encoder(WordTextEncoder(world_text_config(dim=32)), str(other))
     (tmp_path / "text_encoder.safetensors").write_bytes((other / "text_encoder.safetensors").read_bytes())
     with pytest.raises(FlowcacheError, match="do not fit"):
         load_text_encoder(str(tmp_path))
@@ -75,6 +75,6 @@ def test_load_errors(tmp_path):
     with pytest.raises(FlowcacheError, match="unreadable"):
         load_text_encoder(str(tmp_path))
     with pytest.raises(FlowcacheError):
-        WordTextEncoderConfig(dim=30, heads=4)
+        world_text_config(dim=30, heads=4)
     with pytest.raises(FlowcacheError):
-        save_text_encoder(WordTextEncoder(), str(tmp_path / "nowhere"))
+        save_text_encoder(WordTextEncoder(world_text_config()), str(tmp_path / "nowhere"))

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from flowcache_core import train
-from flowcache_core.bundle import default_model_dir
+from flowcache_core.training import train
+from flowcache_core.models.magi1.bundle import default_model_dir
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.dit import build_model
-from flowcache_core.model.text import WordTextEncoder, load_text_encoder
-from flowcache_core.model.weights import read_state_dict
-from flowcache_core.schedule import plan_forwards
-from flowcache_core.world import sample_clip_batch
+from flowcache_core.models.magi1.dit import build_model
+from flowcache_core.models.text import WordTextEncoder, load_text_encoder
+from flowcache_core.models.weights import read_state_dict
+from flowcache_core.models.magi1.schedule import plan_forwards
+from flowcache_core.training.world import world_text_config, sample_clip_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def setup():
     cfg = train.default_model_config()
     rt = cfg.runtime
     model = build_model(cfg.model, dtype=torch.float32, seed=0)
-    text = WordTextEncoder()
+    text = WordTextEncoder(world_text_config())
     plan = [f for f in plan_forwards(rt.num_frames // rt.chunk_width, 32, rt.window_size, 0,
                                      noise2clean_kvrange=rt.noise2clean_kvrange,
                                      clean_chunk_kvrange=rt.clean_chunk_kvrange) if not f.prefill]

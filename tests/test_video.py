@@ -9,7 +9,7 @@ import pytest
 
 from flowcache_core import video
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.metrics import psnr
+from flowcache_core.eval.metrics import psnr
 from flowcache_core.video import check_output_path, read_image, read_video, write_image, write_video
 
 

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.dit import build_model
-from flowcache_core.model.weights import INDEX_NAME, load_weights, read_state_dict, save_weights
+from flowcache_core.models.magi1.dit import build_model
+from flowcache_core.models.weights import INDEX_NAME, load_weights, read_state_dict, save_weights
 from test_dit_properties import make_batch, tiny_cfg
 
 
@@ -35,7 +35,7 @@ def test_sharded_checkpoint_round_trip_reproduces_output(tmp_path):
 
 def test_official_key_names_match_the_golden_checkpoint(golden_dir):
     official = load_file(str(golden_dir / "magi1" / "tiny.safetensors"))
-    from flowcache_core.config import MagiConfig
+    from flowcache_core.models.magi1.config import MagiConfig
 
     cfg = MagiConfig.from_json(golden_dir / "magi1" / "tiny_distill.json").model
     assert set(official) == set(build_model(cfg, device="meta").state_dict())
@@ -75,12 +75,13 @@ def test_written_checkpoints_get_the_usual_file_mode(tmp_path):
     """safetensors and mkstemp create files 0600; a checkpoint others on the machine cannot read is a surprise."""
     import os
 
-    from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
+    from flowcache_core.models.text import WordTextEncoder, save_text_encoder
+    from flowcache_core.training.world import world_text_config
 
     umask = os.umask(0o022)
     try:
         save_weights(build_model(tiny_cfg(), seed=0), tmp_path / "sharded", max_shard_bytes=20_000)
-        save_text_encoder(WordTextEncoder(WordTextEncoderConfig()), str(tmp_path / "sharded"))
+        save_text_encoder(WordTextEncoder(world_text_config()), str(tmp_path / "sharded"))
     finally:
         os.umask(umask)
     files = sorted((tmp_path / "sharded").iterdir())

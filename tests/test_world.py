@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.world import (BACKGROUND_COLOURS, PALETTE, WORLD_VOCAB, caption_of, held_out_single_object_captions,
+from flowcache_core.training.world import (BACKGROUND_COLOURS, PALETTE, WORLD_VOCAB, caption_of, held_out_single_object_captions,
                                   parse_caption, render_caption, sample_caption_batch, sample_clip,
                                   sample_clip_batch, sample_words)
 

@@ -1,5 +1,6 @@
-"""Cache policies (which chunks a forward computes) and the KV store with its compressor."""
-# policy.py is loaded first: flowcache.py and teacache.py subclass its classes.
-from flowcache_core.cache.policy import POLICIES, CacheConfig, make_policy
+"""Cache policies (which chunks a forward computes), their registry and settings, and the KV store with its
+compressor."""
+from flowcache_core.cache.registry import POLICIES
+from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
 
-__all__ = ["POLICIES", "CacheConfig", "make_policy"]
+__all__ = ["POLICIES", "CacheConfig", "ResolvedCache", "resolve_cache"]

@@ -19,17 +19,25 @@ Everything else reproduces its decisions (tests/test_flowcache_golden.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
-from flowcache_core.cache.policy import CacheConfig, CachePolicy, ChunkDecision, ChunkStep, rel_l1
+from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep, ReuseConfig, rel_l1
+
+
+@dataclass
+class FlowCacheConfig(ReuseConfig):
+    """`flowcache`: per-chunk reuse from each chunk's own input-feature drift (published defaults 0.015 / 5)."""
 
 
 class FlowCache(CachePolicy):
     """Per-chunk reuse decided from each chunk's own input-feature drift."""
 
     name = "flowcache"
+    Config = FlowCacheConfig
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
+    def __init__(self, config: FlowCacheConfig | None = None) -> None:
         super().__init__(config)
         self._feature: dict[int, Tensor] = {}  # chunk id -> feature at its previous forward (float32)
         self._acc: dict[int, float] = {}       # chunk id -> accumulated rel L1 since its last compute

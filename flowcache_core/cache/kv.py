@@ -7,11 +7,11 @@ own window slots in "text" and falls back to "cond" for clean chunks. A chunk sk
 is attended at the K/V of its last computed step, because its slot is only rewritten when it is computed.
 
 `KVAccess` is what one forward of the model is handed: the store, which contexts to read (in order) and
-which to write, and an optional chunk whose queries to capture for the KV compressor.
+which to write.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +37,8 @@ class KVStore:
     A chunk then attends to the whole compressed block (the kv range limits the uncompressed chunks only).
     """
 
+    MAIN = "cond"  # the context the store-writing pass writes and the budget counts; others are per-pass copies
+
     def __init__(self, num_layers: int, budget_tokens: int | None = None, compressor: KVCompressor | None = None,
                  tokens_per_chunk: int = 0, tokens_per_frame: int = 0):
         self.num_layers = num_layers
@@ -47,7 +49,6 @@ class KVStore:
         self._compressed: list[CompressedKV | None] = [None] * num_layers
         self.compressed_chunks: set[int] = set()
         self.compressions = 0
-        self.peak_tokens = 0
         self.compression_log: list[tuple[int, int]] = []  # per event, layer 0: (clean tokens in, tokens kept)
 
     def write(self, layer: int, ctx: str, chunk_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -62,7 +63,6 @@ class KVStore:
                 else:
                     slots[(ctx, chunk_id)] = old
                 raise BudgetExceeded(f"layer {layer}: {used} tokens > budget {self.budget_tokens}")
-            self.peak_tokens = max(self.peak_tokens, used)
 
     def has(self, ctx: str, chunk_id: int) -> bool:
         return (ctx, chunk_id) in self._slots[0]
@@ -91,6 +91,12 @@ class KVStore:
     def drop(self, ctx: str, chunk_id: int) -> None:
         for slots in self._slots:
             slots.pop((ctx, chunk_id), None)
+
+    def release_window_copies(self, chunk_id: int) -> None:
+        """The chunk is clean: the per-pass copies of its window K/V (contexts other than MAIN) can go."""
+        for slots in self._slots:
+            for key in [k for k in slots if k[1] == chunk_id and k[0] != self.MAIN]:
+                del slots[key]
 
     def evict_before(self, chunk_id: int) -> None:
         """Forget the uncompressed K/V of chunks < chunk_id: no later chunk's kv range reaches them."""
@@ -169,18 +175,11 @@ class KVStore:
             keys, values, positions, origins, queries, compressor=self.compressor,
             tokens_per_frame=self.tokens_per_frame, tokens_per_chunk=self.tokens_per_chunk, budget=keep)
 
-    def compressed_origin(self, layer: int = 0) -> torch.Tensor | None:
-        """(kept, Hkv) chunk id of every kept token of the compressed block."""
-        b = self._compressed[layer]
-        return None if b is None else b.origin_chunk
-
 
 @dataclass
 class KVAccess:
     """How one forward uses the store."""
 
     store: KVStore
-    read_ctxs: tuple[str, ...] = ("cond",)
-    write_ctx: str = "cond"
-    capture_queries_of: int | None = None  # chunk id whose post-norm/RoPE queries are kept per layer
-    captured_queries: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (L, Hq, hd)
+    read_ctxs: tuple[str, ...] = (KVStore.MAIN,)
+    write_ctx: str = KVStore.MAIN

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowcache_core.cache.options import check_options, option
 from flowcache_core.errors import FlowcacheError
 
 TOKEN_QUERIES = 50        # "token" query granularity: the newest 50 queries
@@ -121,6 +122,46 @@ class Selection:
     unit_scores: Tensor | None = None     # (Hkv, L // unit) mean score per frame/chunk, None for "token"
 
 
+# ----------------------------------------------------------------------------- budget config
+
+UNITS = ("token", "frame", "chunk")
+
+
+@dataclass
+class KVBudgetConfig:
+    """The KV budget (published names). Off while total_cache_chunk_nums is None; works with any cache policy.
+
+    total_cache_chunk_nums: B_total, at most this many chunks' worth of K/V tokens per layer, window included;
+        must exceed the window size (`validate_for`).
+    compress_strategy: keep the best "token"s, or whole "frame"s / "chunk"s, per KV head.
+    query_granularity: importance queries = the newest chunk's last 50 ("token"), last latent frame ("frame")
+        or all ("chunk") queries.
+    mix_lambda: score = λ·importance − (1−λ)·redundancy.
+    """
+
+    total_cache_chunk_nums: int | None = option(None, "KV budget B_total in chunks per layer, window included (> window size); off if unset.", kind=int, low=1, optional=True, example=6)
+    compress_strategy: str = option("token", "KV selection unit.", kind=str, choices=UNITS)
+    query_granularity: str = option("chunk", "Importance queries: the newest chunk's last 50 tokens, last frame or all.", kind=str, choices=UNITS)
+    mix_lambda: float = option(0.07, "λ: importance vs redundancy, in [0, 1].", low=0, high=1)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @property
+    def enabled(self) -> bool:
+        return self.total_cache_chunk_nums is not None
+
+    def validate_for(self, window_size: int) -> None:
+        """B_total counts every slot, the window's included."""
+        b = self.total_cache_chunk_nums
+        if b is not None and b <= window_size:
+            raise FlowcacheError(f"total_cache_chunk_nums={b} must be at least window_size+1={window_size + 1} "
+                                 f"(it counts the {window_size} window chunks too)")
+
+    def compressor(self) -> "KVCompressor":
+        return KVCompressor(self.compress_strategy, self.query_granularity, self.mix_lambda)
+
+
 # ----------------------------------------------------------------------------- selection
 
 
@@ -134,12 +175,7 @@ class KVCompressor:
     kernel_size: int = POOL_KERNEL
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("token", "frame", "chunk"):
-            raise FlowcacheError(f"compress_strategy={self.strategy!r} is not one of token, frame, chunk")
-        if self.query_granularity not in ("token", "frame", "chunk"):
-            raise FlowcacheError(f"query_granularity={self.query_granularity!r} is not one of token, frame, chunk")
-        if not 0.0 <= self.mix_lambda <= 1.0:
-            raise FlowcacheError(f"mix_lambda={self.mix_lambda!r} must be in [0, 1] (e.g. 0.07)")
+        KVBudgetConfig(None, self.strategy, self.query_granularity, self.mix_lambda)  # the same rules
 
     def score(self, keys: Tensor, queries: Tensor, tokens_per_frame: int) -> Scores:
         q = select_queries(queries, self.query_granularity, tokens_per_frame)

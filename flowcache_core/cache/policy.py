@@ -10,7 +10,8 @@ The sampler calls, once per forward (see docs/DESIGN.md):
 
 Policies never read the model, never print and never count calls to infer a chunk's step: the step,
 the step count and dt come in every `ChunkStep`. State is keyed by chunk id and dropped when the
-chunk is clean. `POLICIES` (bottom of this file) is the one registry both the core and the CLI use.
+chunk is clean. Each policy has its own `Config` dataclass (its options, validated on construction); the
+registry that maps names to policies is `flowcache_core/cache/registry.py`.
 """
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from flowcache_core.errors import FlowcacheError
+from flowcache_core.cache.options import check_options, option, option_fields
 
 REASONS = ("warmup", "entered", "last_step", "threshold", "below_threshold", "none")
 REUSE_MODES = ("displacement", "velocity", "extrapolate")
-COMPRESS_STRATEGIES = ("token", "frame", "chunk")
-QUERY_GRANULARITIES = ("token", "frame", "chunk")
 
 
 # ----------------------------------------------------------------------------- records
@@ -70,70 +69,29 @@ class ChunkDecision:
 # ----------------------------------------------------------------------------- config
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise FlowcacheError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+@dataclass
+class NoCacheConfig:
+    """`none`: nothing to set; every chunk is computed at every forward."""
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
-class CacheConfig:
-    """Which cache policy runs and how (SPEC section 5). Validates itself on construction.
+class ReuseConfig:
+    """What every step-reusing policy shares: the threshold, the warmup and how a reused update is formed.
 
-    policy: "none" | "teacache" | "flowcache".
-    rel_l1_thresh: reuse while the accumulated relative L1 distance stays below this (>= 0).
-    warmup_steps: a chunk's first `warmup_steps` own steps (TeaCache: the first forwards) always compute.
     reuse: "displacement" adds the last computed Euler step v*dt_old as is (the published rule);
-        "velocity" adds the cached v times this step's dt; "extrapolate" adds v(t)·dt with v(t) extended
+        "velocity" adds the cached v times this step's dt; "extrapolate" adds v(t)*dt with v(t) extended
         linearly in t from the chunk's last two computed velocities (the velocity rule until it has two).
-    total_cache_chunk_nums: KV budget B_total in chunk-equivalents per layer (None = no compression);
-        must exceed the window size (`validate_for`).
-    compress_strategy: keep the best "token"s, or whole "frame"s / "chunk"s, per KV head.
-    query_granularity: importance queries = the newest chunk's last 50 ("token"), last latent frame
-        ("frame") or all ("chunk") queries.
-    mix_lambda: score = λ·importance − (1−λ)·redundancy, λ in [0, 1].
     """
 
-    policy: str = "none"
-    rel_l1_thresh: float = 0.015
-    warmup_steps: int = 5
-    reuse: str = "displacement"
-    total_cache_chunk_nums: int | None = None
-    compress_strategy: str = "token"
-    query_granularity: str = "chunk"
-    mix_lambda: float = 0.07
+    rel_l1_thresh: float = option(0.015, "Reuse while the accumulated relative L1 distance stays below this (0 = never reuse).", low=0)
+    warmup_steps: int = option(5, "Steps always computed: each chunk's first (flowcache) or the run's first forwards (teacache).", kind=int, low=0)
+    reuse: str = option("displacement", "Reused update: the last displacement, the cached velocity x dt, or the velocity extrapolated in t.", kind=str, choices=REUSE_MODES)
 
     def __post_init__(self) -> None:
-        _choice("policy", self.policy, tuple(POLICY_NAMES))
-        _choice("reuse", self.reuse, REUSE_MODES)
-        _choice("compress_strategy", self.compress_strategy, COMPRESS_STRATEGIES)
-        _choice("query_granularity", self.query_granularity, QUERY_GRANULARITIES)
-        thr = self.rel_l1_thresh
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr >= 0 or thr == float("inf"):
-            raise FlowcacheError(f"rel_l1_thresh={thr!r} must be a finite number >= 0 (e.g. 0.015)")
-        warm = self.warmup_steps
-        if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
-            raise FlowcacheError(f"warmup_steps={warm!r} must be an integer >= 0 (e.g. 5)")
-        lam = self.mix_lambda
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
-            raise FlowcacheError(f"mix_lambda={lam!r} must be in [0, 1] (e.g. 0.07)")
-        b = self.total_cache_chunk_nums
-        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise FlowcacheError(
-                f"total_cache_chunk_nums={b!r} must be a positive integer (chunks of KV per layer) or None (off)"
-            )
-
-    @property
-    def compress(self) -> bool:
-        return self.total_cache_chunk_nums is not None
-
-    def validate_for(self, window_size: int) -> None:
-        """Checks that need the sampler's window size: B_total counts every slot, window included."""
-        b = self.total_cache_chunk_nums
-        if b is not None and b <= window_size:
-            raise FlowcacheError(
-                f"total_cache_chunk_nums={b} must be at least window_size+1={window_size + 1} "
-                f"(it counts the {window_size} window chunks too)"
-            )
+        check_options(self)
 
 
 # ----------------------------------------------------------------------------- distance
@@ -151,15 +109,20 @@ def rel_l1(feature: Tensor, prev: Tensor) -> float:
 
 
 class CachePolicy:
-    """Base of every policy: cached updates per chunk id, shared reuse rule.
+    """Base of every policy: cached updates per chunk id, shared reuse rule (`ReuseConfig.reuse`).
 
-    Subclasses implement `decide` (pure) and extend `update`, `drop`, `reset` for their own state.
+    Subclasses set `Config`, implement `decide` (pure) and extend `update`, `drop`, `reset` for their own state.
+    `feature` names the chunk feature `decide` compares (the family computes it); None: no feature needed.
     """
 
     name: ClassVar[str] = "base"
+    Config: ClassVar[type] = ReuseConfig
+    feature: ClassVar[str | None] = "input_embedding"
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
-        self.config = config if config is not None else CacheConfig(policy=self.name)
+    def __init__(self, config=None) -> None:
+        self.config = config if config is not None else self.Config()
+        # how a reused update is formed: the config's `reuse` option where it declares one, else the published rule
+        self.reuse = self.config.reuse if "reuse" in option_fields(type(self.config)) else "displacement"
         self._velocity: dict[int, Tensor] = {}   # chunk id -> v of its last computed step
         self._delta: dict[int, Tensor] = {}      # chunk id -> v*dt of its last computed step
         self._t_last: dict[int, float] = {}      # chunk id -> t of its last computed step ("extrapolate")
@@ -173,9 +136,9 @@ class CachePolicy:
         cid = step.chunk_id
         if cid not in self._delta:
             raise RuntimeError(f"chunk {cid} is reused before any computed step (policy bug)")
-        if self.config.reuse == "velocity":
+        if self.reuse == "velocity":
             return self._velocity[cid] * step.dt
-        if self.config.reuse == "extrapolate":
+        if self.reuse == "extrapolate":
             v = self._velocity[cid]
             if cid in self._previous and self._previous[cid][0] != self._t_last[cid]:
                 (t0, v0), t1 = self._previous[cid], self._t_last[cid]
@@ -193,7 +156,7 @@ class CachePolicy:
         """After the forward: remember the computed chunks' velocity and applied update."""
         for s, d in zip(steps, decisions, strict=True):
             if d.compute:
-                if self.config.reuse == "extrapolate":
+                if self.reuse == "extrapolate":
                     if s.chunk_id in self._t_last:
                         self._previous[s.chunk_id] = (self._t_last[s.chunk_id], self._velocity[s.chunk_id])
                     self._t_last[s.chunk_id] = s.t
@@ -222,31 +185,11 @@ class NoCache(CachePolicy):
     """Computes every chunk at every forward."""
 
     name = "none"
+    Config = NoCacheConfig
+    feature = None
 
     def decide(self, steps: list[ChunkStep]) -> list[ChunkDecision]:
         return [ChunkDecision(s.chunk_id, True, "none") for s in steps]
 
     def update(self, steps, decisions, velocities, deltas) -> None:  # nothing is ever reused
         return None
-
-
-# ----------------------------------------------------------------------------- registry
-# Imported here, after the base classes they subclass. `flowcache_core/cache/__init__.py` should import
-# this module first so that importing flowcache.py or teacache.py directly also works.
-
-from flowcache_core.cache.flowcache import FlowCache  # noqa: E402
-from flowcache_core.cache.teacache import TeaCache  # noqa: E402
-
-POLICIES: dict[str, type[CachePolicy]] = {"none": NoCache, "teacache": TeaCache, "flowcache": FlowCache}
-POLICY_NAMES = tuple(POLICIES)  # the CLI's choices
-
-
-def make_policy(config: CacheConfig) -> CachePolicy:
-    """The policy `config.policy` names, configured by `config`."""
-    return POLICIES[config.policy](config)
-
-
-__all__ = [
-    "REASONS", "ChunkStep", "ChunkDecision", "CacheConfig", "CachePolicy", "NoCache",
-    "FlowCache", "TeaCache", "POLICIES", "POLICY_NAMES", "make_policy", "rel_l1",
-]

@@ -23,10 +23,12 @@ no wrong-chunk velocity, no comparison by window position, no crash on a reused 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from flowcache_core.cache.policy import CacheConfig, CachePolicy, ChunkDecision, ChunkStep
+from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep, ReuseConfig
 
 
 def window_rel_l1(pairs: list[tuple[Tensor, Tensor]]) -> float:
@@ -37,12 +39,18 @@ def window_rel_l1(pairs: list[tuple[Tensor, Tensor]]) -> float:
     return (diff / (base + 1e-8)).item()
 
 
+@dataclass
+class TeaCacheConfig(ReuseConfig):
+    """`teacache`: one reuse decision per forward for the whole window (same options as flowcache)."""
+
+
 class TeaCache(CachePolicy):
     """Global reuse: all chunks of the window follow one accumulator."""
 
     name = "teacache"
+    Config = TeaCacheConfig
 
-    def __init__(self, config: CacheConfig | None = None) -> None:
+    def __init__(self, config: TeaCacheConfig | None = None) -> None:
         super().__init__(config)
         self._feature: dict[int, Tensor] = {}  # chunk id -> feature at its previous forward (float32)
         self._acc = 0.0                        # global accumulated rel L1 since the last full compute

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from flowcache_core.bundle import Bundle
-from flowcache_core.config import MagiConfig, magi_4_5b, magi_24b
+from flowcache_core.engine.family import Bundle
+from flowcache_core.models.magi1.config import MagiConfig, magi_4_5b, magi_24b
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.dit import DTYPES, build_model
-from flowcache_core.model.t5 import SpecialTokens, T5TextEncoder, find_special_tokens
-from flowcache_core.model.vae import VAE_CONFIG_NAME, MagiVAECodec, load_vit_vae, read_vae_config
-from flowcache_core.model.weights import load_weights
+from flowcache_core.models.magi1.dit import DTYPES, build_model
+from flowcache_core.models.magi1.t5 import SpecialTokens, T5TextEncoder, find_special_tokens
+from flowcache_core.models.magi1.vae import VAE_CONFIG_NAME, MagiVAECodec, load_vit_vae, read_vae_config
+from flowcache_core.models.weights import load_weights
 
 VARIANTS = ("4.5B_base", "4.5B_distill", "4.5B_distill_quant", "24B_base", "24B_distill", "24B_distill_quant")
 T5_SUBDIR = Path("t5") / "t5-v1_1-xxl"
@@ -144,4 +144,4 @@ def load_magi_release(root: str | os.PathLike, variant: str | None = None, devic
         raise FlowcacheError(f"T5 {str(t5_dir)!r} has d_model {text.dim}, the DiT's caption_channels is {config.model.caption_channels}")
     config.extra.setdefault("flowcache", {})
     config.extra["flowcache"].update({"release": {"variant": variant, "special_tokens": None if tokens_path is None else str(tokens_path)}})
-    return Bundle(config, model, codec, text, r)
+    return Bundle("magi1", config, model, codec, text, r)

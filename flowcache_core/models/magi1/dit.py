@@ -15,7 +15,7 @@ it is handed (`flowcache_core.cache.kv.KVAccess`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from flowcache_core.cache.kv import KVAccess
-from flowcache_core.config import ModelConfig
-from flowcache_core.model.attention import attend
+from flowcache_core.models.magi1.config import ModelConfig
+from flowcache_core.models.attention import attend
 
 DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 
@@ -271,8 +271,8 @@ class TransformerLayer(nn.Module):
         q, k, v = q[0], k[0], v[0]  # the KV store serves one video
         shared = b.shared or [True] * n
         here = {cid: j for j, cid in enumerate(b.chunk_ids) if shared[j]}
-        if kv.capture_queries_of is not None and kv.capture_queries_of in here:
-            kv.captured_queries[layer] = q[here[kv.capture_queries_of]].detach()
+        if ctx.queries_of is not None and ctx.queries_of in here:  # for the KV compressor, returned by forward
+            ctx.queries[layer] = q[here[ctx.queries_of]].detach()
         out = torch.empty_like(q)
         for j, cid in enumerate(b.chunk_ids):
             ids = range(b.kv_start[j], cid + 1)
@@ -306,6 +306,8 @@ class _LayerContext:
     row_spans: list[tuple[int, int]] | None  # per row, the rows [a, e) it attends to, when contiguous
     gates: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: gate_msa, gate_mlp (B, n, 1, D)
     backend: str
+    queries_of: int | None = None  # chunk whose post-norm/RoPE queries the forward returns
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (L, Hq, hd)
 
 
 class VideoDiTBlocks(nn.Module):
@@ -371,8 +373,10 @@ class VideoDiT(nn.Module):
             c = c + self.t_embedder(torch.full_like(t, float(distill_dt)))
         return c + self.y_embedder.adaln(dropped.to(t.device))
 
-    def forward(self, batch: ChunkBatch, kv: KVAccess | None = None) -> torch.Tensor:
-        """Velocity for each chunk row: ([B,] n, C, cw, h, w) float32."""
+    def forward(self, batch: ChunkBatch, kv: KVAccess | None = None,
+                queries_of: int | None = None) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Velocity for each chunk row: ([B,] n, C, cw, h, w) float32. With `queries_of` (a chunk id in the batch,
+        KV store in use) also {layer: (L, Hq, hd) post-norm/RoPE queries of that chunk}, for the KV compressor."""
         cfg = self.cfg
         single = batch.x.dim() == 5
         xb = batch.x[None] if single else batch.x  # (B, n, C, T, h, w)
@@ -431,7 +435,7 @@ class VideoDiT(nn.Module):
             gates.append((gm, gf))
 
         ctx = _LayerContext(batch, kv, rope, caption_tokens, attn_mask, caption_any, dense_mask, row_spans, gates,
-                            self.attn_backend)
+                            self.attn_backend, queries_of)
         for layer in self.videodit_blocks.layers:
             x = layer(x, ctx)
 
@@ -441,7 +445,8 @@ class VideoDiT(nn.Module):
         if cfg.half_channel_vae:
             v = v[:, :, : cfg.out_channels // 2]
         v = v / cfg.x_rescale_factor
-        return v[0] if single else v
+        v = v[0] if single else v
+        return v if queries_of is None else (v, ctx.queries)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,

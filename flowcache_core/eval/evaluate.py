@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from flowcache_core import metrics
+from flowcache_core.eval import metrics
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write_text, check_output_path
 from flowcache_core.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image, read_video

@@ -1,42 +1,27 @@
-"""A model bundle: everything `generate` needs, in one directory.
+"""A MAGI-1-family model bundle: everything `generate` needs, in one directory.
 
 Layout (the shipped default model uses it; a user's own trained model too):
-    config.json                     MAGI-1 schema (model_config, runtime_config, engine_config) plus a
-                                    "flowcache" object: {"codec": {"name": ..., ...}, "text_encoder": "word"}
+    config.json                     MAGI-1 schema (model_config, runtime_config, engine_config), "family": "magi1",
+                                    and a "flowcache" object: {"codec": {"name": ..., ...}, "text_encoder": "word",
+                                    "cache_defaults": {...}}
     model.safetensors               DiT weights, official MAGI-1 key names (or shards + model.safetensors.index.json)
     text_encoder.safetensors/.json  the built-in word encoder (text_encoder "word")
-Official MAGI-1 release directories (ckpt/magi/<variant>, ckpt/vae, ckpt/t5) go through `magi_release.py`.
+Official MAGI-1 release directories (ckpt/magi/<variant>, ckpt/vae, ckpt/t5) go through `release.py`.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from flowcache_core.config import MagiConfig
+from flowcache_core.engine.family import DEFAULT_MODEL_DIR, Bundle
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.codec import LatentCodec, make_codec
-from flowcache_core.model.dit import DTYPES, VideoDiT, build_model
-from flowcache_core.model.text import load_text_encoder
-from flowcache_core.model.weights import load_weights
-
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-
-
-@dataclass
-class Bundle:
-    config: MagiConfig
-    model: VideoDiT
-    codec: LatentCodec
-    text_encoder: torch.nn.Module
-    path: Path | None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
+from flowcache_core.models.codec import make_codec
+from flowcache_core.models.magi1.config import MagiConfig
+from flowcache_core.models.magi1.dit import DTYPES, build_model
+from flowcache_core.models.text import load_text_encoder
+from flowcache_core.models.weights import load_weights
 
 def default_model_dir() -> Path:
     return DEFAULT_MODEL_DIR
@@ -45,7 +30,7 @@ def default_model_dir() -> Path:
 def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
                 attn_backend: str = "sdpa", variant: str | None = None) -> Bundle:
     """A flowcache bundle directory, or an official MAGI-1 release root (ckpt/magi, ckpt/vae, ckpt/t5)."""
-    from flowcache_core.magi_release import is_magi_release, load_magi_release
+    from flowcache_core.models.magi1.release import is_magi_release, load_magi_release
 
     if path is not None and is_magi_release(path):
         return load_magi_release(path, variant=variant, device=device, dtype=dtype, attn_backend=attn_backend)
@@ -71,4 +56,4 @@ def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtyp
     model.set_dtype(torch.float32)
     load_weights(model, d)
     model.set_dtype(dtype or (torch.float32 if str(device) == "cpu" else DTYPES[config.model.params_dtype]))
-    return Bundle(config, model.eval(), codec, text_encoder, d)
+    return Bundle("magi1", config, model.eval(), codec, text_encoder, d)

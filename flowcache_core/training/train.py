@@ -22,15 +22,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flowcache_core.config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
+from flowcache_core.models.magi1.config import EngineConfig, MagiConfig, ModelConfig, RuntimeConfig
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.model.codec import SpaceToDepthCodec
-from flowcache_core.model.dit import ChunkBatch, VideoDiT, build_model
-from flowcache_core.model.text import WordTextEncoder, WordTextEncoderConfig, save_text_encoder
-from flowcache_core.model.weights import read_state_dict, save_weights
-from flowcache_core.pipeline import NULL_CAPTION_TOKENS
-from flowcache_core.schedule import plan_forwards
-from flowcache_core.world import PALETTE, sample_clip_batch
+from flowcache_core.models.codec import SpaceToDepthCodec
+from flowcache_core.models.magi1.dit import ChunkBatch, VideoDiT, build_model
+from flowcache_core.models.text import WordTextEncoder, save_text_encoder
+from flowcache_core.models.weights import read_state_dict, save_weights
+from flowcache_core.models.magi1.sampling import NULL_CAPTION_TOKENS
+from flowcache_core.models.magi1.schedule import plan_forwards, time_of
+from flowcache_core.training.world import world_text_config, PALETTE, sample_clip_batch
 
 CAPTION_DROPOUT = 0.1
 I2V_PROB = 0.1
@@ -38,7 +38,7 @@ I2V_PROB = 0.1
 
 def default_model_config() -> MagiConfig:
     """The shipped default model: MAGI-1 architecture, 6 layers of width 256, 64x64 px, lossless codec."""
-    text = WordTextEncoderConfig()
+    text = world_text_config()
     model = ModelConfig(num_layers=6, hidden_size=256, ffn_hidden_size=768, num_attention_heads=8, num_query_groups=2,
                         kv_channels=32, in_channels=48, out_channels=48, patch_size=2, caption_channels=text.dim,
                         caption_max_length=text.max_length, params_dtype="torch.float32", gated_linear_unit=False)
@@ -160,11 +160,6 @@ class Bf16Compute:
             c.grad = None
 
 
-def _grid(u: torch.Tensor) -> torch.Tensor:
-    t = u**2
-    return t / (3 - 2 * t)
-
-
 def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConfig, frames: torch.Tensor,
                    captions: list[str], plan, gen: torch.Generator, num_steps: int,
                    dev_gen: torch.Generator | None = None, chunk0_frac: float = 0.0,
@@ -223,7 +218,7 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     # Noise levels: clean rows at clean_t; window rows around their plan step, jittered per video.
     jitter = torch.rand(B, len(den), generator=dev_gen, device=dev)
     u = torch.stack([(jitter[:, i] + r.step) / num_steps for i, r in enumerate(den)], 1)  # (B, nd)
-    t_den = _grid(u)
+    t_den = time_of(u)
     t = torch.cat([torch.full((B, ncl), rt.clean_t, device=dev), t_den], 1)  # (B, n)
     x0 = torch.randn(chunks.shape, generator=dev_gen, device=dev)  # drawn where it is used: 20M normals a step
     paste = torch.rand(B, generator=dev_gen, device=dev) < I2V_PROB  # drawn before the optional parts' draws,
@@ -329,9 +324,9 @@ def train_default(out_dir: str | os.PathLike, tc: TrainConfig, device: str = "cu
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     model = build_model(cfg.model, device=device, dtype=torch.float32, seed=tc.seed)
-    text = WordTextEncoder(WordTextEncoderConfig(seed=tc.seed)).to(device)
+    text = WordTextEncoder(world_text_config(seed=tc.seed)).to(device)
     if tc.init_from:  # fine-tune: weights from a bundle, optimizer and schedule fresh
-        from flowcache_core.bundle import load_bundle
+        from flowcache_core.models.magi1.bundle import load_bundle
 
         b = load_bundle(tc.init_from, device=device)
         model.load_state_dict({k: v.float() for k, v in b.model.state_dict().items()})
@@ -472,7 +467,7 @@ def export_from_state(out: Path) -> None:
     """The EMA weights of a saved training state as a bundle in out/default_model."""
     cfg = default_model_config()
     model = build_model(cfg.model, dtype=torch.float32)
-    text = WordTextEncoder(WordTextEncoderConfig())
+    text = WordTextEncoder(world_text_config())
     opt = torch.optim.AdamW(list(model.parameters()) + list(text.parameters()))
     ema, ema_text = copy.deepcopy(model), copy.deepcopy(text)
     load_train_state(out / "state", model, text, ema, ema_text, opt)
@@ -498,7 +493,7 @@ def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None 
     cfg = default_model_config()
     rt = cfg.runtime
     model = build_model(cfg.model, device=device, dtype=torch.float32, seed=0)
-    text = WordTextEncoder(WordTextEncoderConfig()).to(device)
+    text = WordTextEncoder(world_text_config()).to(device)
     params = list(model.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(0)
@@ -554,7 +549,7 @@ def profile_steps(batch: int, device: str, workers: int, tc: TrainConfig | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flowcache_core.train --out DIR [--time-limit S] [--steps N] [--seed S]` (what `make default-model` runs)."""
+    """`python -m flowcache_core.training.train --out DIR [--time-limit S] [--steps N] [--seed S]` (what `make default-model` runs)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

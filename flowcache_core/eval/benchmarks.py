@@ -24,7 +24,6 @@ Decisions (documented here once; the CLI help points at them):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -364,7 +363,7 @@ class SamplingSettings:
     """What every video of a run shares. `keep_frames`: trim each video to exactly this many frames
     (PhysicsIQ: fps*5); a video shorter than that is an error."""
 
-    cache: object  # CacheConfig
+    cache: object  # a CacheConfig request; each video records what it resolved to
     num_steps: int | None = None
     num_frames: int | None = None
     device: str = "cpu"
@@ -437,7 +436,6 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     rt = bundle.config.runtime
     height, width, fps = rt.video_size_h, rt.video_size_w, rt.fps
     summary = SamplingSummary(removed_temp_files=_remove_stale_temps(out, {it.file for it in items}))
-    cache_dict = dataclasses.asdict(settings.cache)
     t_start = time.perf_counter()
     with open(manifest_path(out, rank), "a", encoding="utf-8") as manifest:
         for n, item in enumerate(items, start=1):
@@ -464,7 +462,7 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
                 "file": item.file, "prompt": item.prompt, "seed": item.seed, "prompt_index": item.prompt_index,
                 "sample": item.sample, "mode": item.mode, "key": item.key, "rank": rank,
                 "inputs": {k: str(v) for k, v in (("image", item.image), ("prefix_video", item.prefix_video)) if v},
-                "prefix_fps": item.prefix_fps, "cache": cache_dict,
+                "prefix_fps": item.prefix_fps, "cache": {"policy": res.cache.policy, **res.cache.options()},
                 "num_steps": settings.num_steps or rt.num_steps, "frames": int(len(frames)), "fps": res.fps,
                 "seconds": round(seconds, 4), "sampler_seconds": round(rec.seconds, 4), "forwards": rec.forwards,
                 "chunk_forwards_computed": rec.computed_chunk_forwards,

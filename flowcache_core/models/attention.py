@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -90,12 +89,3 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     with _sdpa_context(q.device):
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
     return out.transpose(1, 2)
-
-
-def attention_flops(lq: int, lk: int, heads: int, head_dim: int) -> float:
-    """Matmul FLOPs of one attention call (QK^T and PV), counting multiply-adds as 2."""
-    return 4.0 * lq * lk * heads * head_dim
-
-
-def softmax_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

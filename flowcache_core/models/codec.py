@@ -94,7 +94,7 @@ class SpaceToDepthCodec:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-from flowcache_core.model.vae import MagiVAECodec  # noqa: E402 (vae.py does not import this module)
+from flowcache_core.models.magi1.vae import MagiVAECodec  # noqa: E402 (vae.py does not import this module)
 
 CODECS: dict[str, Callable[..., LatentCodec]] = {"space_to_depth": SpaceToDepthCodec, "magi_vae": MagiVAECodec}
 

@@ -1,6 +1,6 @@
 """Rich rendering of the sampler's events: live progress while a video is generated, a summary after.
 
-The core emits small typed events (`pipeline.ForwardEvent`, `pipeline.ChunkEmitted`) and never imports rich;
+The core emits small typed events (`engine.events.ForwardEvent`, `ChunkEmitted`) and never imports rich;
 this module is the one place that draws them.
 
     with ProgressView(console) as view:            # two bars (chunks emitted, forward steps) + a live line
@@ -23,8 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from flowcache_core.cache.policy import CacheConfig
-from flowcache_core.pipeline import ChunkEmitted, ForwardEvent, RunRecord
+from flowcache_core.cache.settings import ResolvedCache
+from flowcache_core.engine.events import ChunkEmitted, ForwardEvent, RunRecord
 
 COMPUTED, REUSED = "■", "□"
 
@@ -134,18 +134,7 @@ def peak_memory(record: RunRecord) -> tuple[int, str]:
     return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"  # Linux reports KiB
 
 
-def cache_description(cfg: CacheConfig) -> str:
-    if cfg.policy == "none":
-        text = "cache none"
-    else:
-        text = f"cache {cfg.policy}, rel_l1_thresh {cfg.rel_l1_thresh:g}, warmup {cfg.warmup_steps}, reuse {cfg.reuse}"
-    if cfg.compress:
-        text += (f", KV budget {cfg.total_cache_chunk_nums} chunks ({cfg.compress_strategy}, "
-                 f"queries {cfg.query_granularity}, λ {cfg.mix_lambda:g})")
-    return text
-
-
-def summary_table(record: RunRecord, cache_config: CacheConfig, reference_forwards: int | None = None,
+def summary_table(record: RunRecord, cache: ResolvedCache, reference_forwards: int | None = None,
                   wall_seconds: float | None = None) -> Table:
     """Per chunk computed/skipped forwards, totals, time, peak memory, speedup in chunk-forwards vs `none`.
 
@@ -172,11 +161,11 @@ def summary_table(record: RunRecord, cache_config: CacheConfig, reference_forwar
     stats.add_column(style="bold")
     stats.add_column()
     for label, value in [
-        ("cache", cache_description(cache_config)),
+        ("cache", cache.describe()),
         ("forwards", f"{record.forwards} ({fmt_tokens(record.tokens_forwarded)} tokens through the DiT)"),
         ("sampling", f"{record.seconds:.2f} s"),
         *([("wall time", f"{wall_seconds:.2f} s (load, sample, decode, write)")] if wall_seconds is not None else []),
-        *([("KV compressions", str(record.compressions))] if cache_config.compress else []),
+        *([("KV compressions", str(record.compressions))] if cache.kv.enabled else []),
         ("peak memory", f"{fmt_bytes(mem)} ({what})"),
         ("speedup", f"{speedup:.2f}x in chunk-forwards vs none ({ref}/{computed})"),
     ]:  # fmt: skip

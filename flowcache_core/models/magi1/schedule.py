@@ -21,18 +21,25 @@ schedule. Facts (SandAI-org/MAGI-1 inference/pipeline/video_generate.py):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from flowcache_core.engine.plan import Forward, Row
+
+
+def time_of(u: torch.Tensor) -> torch.Tensor:
+    """t = s(u^2), s(x) = x / (3 - 2x): MAGI-1's noise level for u in [0, 1] (any shape; training draws u too).
+    Written as the official code evaluates it, so the float32 grid matches bit for bit."""
+    t = u**2
+    return t * (1 / 3) / (1 + (1 / 3 - 1) * t)
 
 
 def init_t(num_steps: int, shortcut_mode: str = "8,16,16") -> tuple[torch.Tensor, list[float]]:
     """The float32 time grid (num_steps + 1 values) and each step's shortcut interval."""
 
     def grid(n: int) -> torch.Tensor:
-        t = torch.linspace(0, 1, n + 1, dtype=torch.float32) ** 2
-        # s(x) = x / (3 - 2x), written as the official code evaluates it so the float32 grid matches bit for bit
-        return t * (1 / 3) / (1 + (1 / 3 - 1) * t)
+        return time_of(torch.linspace(0, 1, n + 1, dtype=torch.float32))
 
     if num_steps % 3 == 0:  # shortcut intervals: (1, 1, 2) repeated for "16,16,8", (2, 1, 1) for any other mode
         strides = [1, 1, 2] if shortcut_mode == "16,16,8" else [2, 1, 1]
@@ -58,32 +65,13 @@ def distill_step_size(num_steps: int, interval: float) -> float:
 
 
 @dataclass
-class Row:
-    """One chunk of one forward."""
+class MagiForward(Forward):
+    """A forward of MAGI-1's pipeline: the generic plan record plus what MAGI-1's forward function needs."""
 
-    chunk_id: int
-    step: int | None  # the chunk's own denoise step; None for a clean chunk (prefix or just finished)
-    kv_start: int  # first chunk this row attends to (to chunk_id inclusive)
-
-    @property
-    def clean(self) -> bool:
-        return self.step is None
-
-
-@dataclass
-class Forward:
-    index: int  # sampler step (prefix prefill shares index 0 with the first step)
-    stage: int
-    denoise_idx: int
-    rows: list[Row]  # clean rows first, then the window oldest -> newest
-    prefill: bool = False  # the prefix-video forward that only fills the KV store
+    stage: int = 0
+    denoise_idx: int = 0
     nearly_clean: bool = False  # cfg_number 1: oldest denoising chunk forwarded again, seeing only itself
     distill_interval: float = 1.0  # shortcut interval of this forward (see distill_step_size)
-    emits: list[int] = field(default_factory=list)  # chunks that are clean after this forward
-
-    @property
-    def denoising(self) -> list[Row]:
-        return [r for r in self.rows if not r.clean]
 
 
 def kv_start_for(chunk_id: int, step: int | None, num_steps: int, noise2clean_kvrange: list[int],
@@ -100,15 +88,15 @@ def kv_start_for(chunk_id: int, step: int | None, num_steps: int, noise2clean_kv
 def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset: int = 0, *,
                   noise2clean_kvrange: list[int] | None = None, clean_chunk_kvrange: int = 1,
                   nearly_clean_blend: bool = False, nearly_clean_threshold: float = 0.3,
-                  shortcut_mode: str = "8,16,16") -> list[Forward]:
+                  shortcut_mode: str = "8,16,16") -> list[MagiForward]:
     """Every forward of a generation of `chunk_num` chunks, the first `chunk_offset` of them clean prefix."""
     kvr = list(noise2clean_kvrange or [])
     ts, intervals = init_t(num_steps, shortcut_mode)
     d = num_steps // window_size
-    out: list[Forward] = []
+    out: list[MagiForward] = []
     if chunk_offset > 0:
         rows = [Row(c, None, kv_start_for(c, None, num_steps, kvr, clean_chunk_kvrange)) for c in range(chunk_offset)]
-        out.append(Forward(0, 0, 0, rows, prefill=True, distill_interval=intervals[0]))
+        out.append(MagiForward(0, rows, prefill=True, distill_interval=intervals[0]))
     gen = chunk_num - chunk_offset
     for stage in range(gen + window_size - 1):
         lo = max(chunk_offset, chunk_offset + stage - window_size + 1)
@@ -120,12 +108,13 @@ def plan_forwards(chunk_num: int, num_steps: int, window_size: int, chunk_offset
                 rows.append(Row(c, None, kv_start_for(c, None, num_steps, kvr, clean_chunk_kvrange)))
             for c in range(lo, hi):
                 s = (stage - (c - chunk_offset)) * d + di
-                rows.append(Row(c, s, kv_start_for(c, s, num_steps, kvr, clean_chunk_kvrange)))
+                rows.append(Row(c, s, kv_start_for(c, s, num_steps, kvr, clean_chunk_kvrange),
+                                float(ts[s]), float(ts[s + 1])))
             den = [r for r in rows if not r.clean]
             near = nearly_clean_blend and float(ts[den[0].step]) > nearly_clean_threshold  # float32 t vs a float64 threshold, as official
             emits = [r.chunk_id for r in den if r.step == num_steps - 1]
-            out.append(Forward(stage * d + di, stage, di, rows, nearly_clean=near,
-                               distill_interval=intervals[di], emits=emits))
+            out.append(MagiForward(stage * d + di, rows, emits=emits, stage=stage, denoise_idx=di, nearly_clean=near,
+                                   distill_interval=intervals[di]))
     return out
 
 

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write
-from flowcache_core.world import WORLD_VOCAB
 
 PAD, UNK = "<pad>", "<unk>"
 WEIGHTS_FILE, CONFIG_FILE = "text_encoder.safetensors", "text_encoder.json"
@@ -36,7 +35,7 @@ class TextEncoder(Protocol):
 
 @dataclass
 class WordTextEncoderConfig:
-    vocab: tuple[str, ...] = field(default_factory=lambda: (PAD, UNK, *WORLD_VOCAB))
+    vocab: tuple[str, ...]  # PAD, UNK, then the words (the default model's: the training world's, saved in its bundle)
     dim: int = 64
     layers: int = 2
     heads: int = 4
@@ -64,9 +63,9 @@ def split_words(prompt: str) -> list[str]:
 
 
 class WordTextEncoder(nn.Module):
-    def __init__(self, config: WordTextEncoderConfig | None = None):
+    def __init__(self, config: WordTextEncoderConfig):
         super().__init__()
-        self.config = config = config or WordTextEncoderConfig()
+        self.config = config
         self.dim, self.max_length = config.dim, config.max_length
         self.word_ids = {w: i for i, w in enumerate(config.vocab)}
         with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG untouched

@@ -406,7 +406,7 @@ def read_vae_config(directory: str | os.PathLike) -> ViTVAEConfig:
 
 def load_vit_vae(directory: str | os.PathLike) -> ViTVAE:
     """A release VAE dir (config.json + diffusion_pytorch_model.safetensors or shards + index), strict keys, float32."""
-    from flowcache_core.model.weights import check_state_dict, read_state_dict
+    from flowcache_core.models.weights import check_state_dict, read_state_dict
 
     d = Path(directory)
     if not d.is_dir():

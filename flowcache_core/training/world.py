@@ -497,3 +497,10 @@ def render_caption(caption: str, seed: int, num_frames: int = 48, height: int = 
                                      f"pick colours further apart")
     rng = np.random.default_rng([_check_seed(seed), 3])
     return _render(words, rng, num_frames, height, width, False, int(seed), caption)
+
+
+def world_text_config(**kw):
+    """The default model's text encoder config: one id for each word of this world (after PAD and UNK)."""
+    from flowcache_core.models.text import PAD, UNK, WordTextEncoderConfig
+
+    return WordTextEncoderConfig(vocab=(PAD, UNK, *WORLD_VOCAB), **kw)

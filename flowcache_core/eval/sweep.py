@@ -27,12 +27,16 @@ from typing import Callable
 import numpy as np
 
 from flowcache_core.api import generate
-from flowcache_core.bundle import Bundle, load_bundle
-from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES, CacheConfig
+from flowcache_core.api import load, resolve
+from flowcache_core.cache.options import option_fields
+from flowcache_core.cache.policy import REUSE_MODES
+from flowcache_core.cache.registry import POLICIES
+from flowcache_core.cache.settings import CacheConfig, check_policy
+from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write, atomic_write_text
-from flowcache_core.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
-from flowcache_core.world import held_out_single_object_captions
+from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
+from flowcache_core.training.world import held_out_single_object_captions
 
 DEFAULT_THRESHOLDS = (0.03, 0.05, 0.07, 0.1, 0.15)
 DEFAULT_PROMPT_SEED = 424242  # held-out caption stream (training draws world seeds seed*10^8 + i*batch)
@@ -52,14 +56,19 @@ class Setting:
     def name(self) -> str:
         if self.policy == "none":
             return "none"
-        mode = f"-{self.reuse}" if self.policy == "flowcache" else ""
+        mode = f"-{self.reuse}" if self.reuse is not None else ""
         return f"{self.policy}{mode}@{self.thresh:g}"
 
-    def cache_config(self, warmup_steps: int) -> CacheConfig:
+    def cache_config(self, warmup_steps: int | None) -> CacheConfig:
+        """The setting's options; warmup None = the model's cache_defaults (resolved like any request)."""
         if self.policy == "none":
             return CacheConfig(policy="none")
-        return CacheConfig(policy=self.policy, rel_l1_thresh=float(self.thresh), warmup_steps=warmup_steps,
-                           reuse=self.reuse or "displacement")
+        return CacheConfig(self.policy, rel_l1_thresh=float(self.thresh), warmup_steps=warmup_steps, reuse=self.reuse)
+
+
+def threshold_policies() -> tuple[str, ...]:
+    """Registered policies a threshold grid applies to: those with a rel_l1_thresh option."""
+    return tuple(n for n, p in POLICIES.items() if "rel_l1_thresh" in option_fields(p.Config))
 
 
 def parse_float_list(text: str, flag: str = "--thresholds") -> list[float]:
@@ -102,21 +111,20 @@ def parse_choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def settings_grid(policies: list[str], reuse_modes: list[str], thresholds: list[float]) -> list[Setting]:
-    """`none` first (always: it is the reference), then teacache per threshold, then flowcache per reuse
-    mode and threshold."""
+    """`none` first (always: it is the reference), then every thresholded policy (registry order) per reuse
+    mode (where its config has one) and threshold."""
     for p in policies:
-        if p not in POLICY_NAMES:
-            raise FlowcacheError(f"policy {p!r} is not one of {', '.join(POLICY_NAMES)}")
+        check_policy(p, "policy")
     for r in reuse_modes:
         if r not in REUSE_MODES:
             raise FlowcacheError(f"reuse mode {r!r} is not one of {', '.join(REUSE_MODES)}")
     if not thresholds:
         raise FlowcacheError("the threshold list is empty; give at least one threshold >= 0")
     grid = [Setting("none")]
-    if "teacache" in policies:
-        grid += [Setting("teacache", None, t) for t in thresholds]
-    if "flowcache" in policies:
-        grid += [Setting("flowcache", r, t) for r in reuse_modes for t in thresholds]
+    for p in threshold_policies():
+        if p in policies:
+            modes = reuse_modes if "reuse" in option_fields(POLICIES[p].Config) else [None]
+            grid += [Setting(p, r, t) for r in modes for t in thresholds]
     return grid
 
 
@@ -147,9 +155,9 @@ class SweepConfig:
     prompts: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
-    policies: list[str] = field(default_factory=lambda: ["none", "teacache", "flowcache"])
+    policies: list[str] = field(default_factory=lambda: list(POLICIES))
     reuse_modes: list[str] = field(default_factory=lambda: list(REUSE_MODES))
-    warmup_steps: int | None = None  # None: the bundle's cache_defaults, else 5
+    warmup_steps: int | None = None  # None: the model's cache_defaults, else the policy's default
     num_steps: int | None = None  # None: the bundle's
     num_frames: int | None = None
     checkpoint_dir: str | None = None
@@ -272,9 +280,9 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     """Run the grid (see module doc). `on_video(setting, prompt, seed, frames)` sees every video (the
     scale runs of `none` come as setting 'none@scale-seed')."""
     cfg.validate()
-    b = bundle or load_bundle(cfg.checkpoint_dir, device=cfg.device)
-    defaults = (b.config.extra.get("flowcache") or {}).get("cache_defaults") or {}
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(defaults.get("warmup_steps", 5))
+    b = bundle or load(resolve("sweep", checkpoint_dir=cfg.checkpoint_dir, device=cfg.device))
+    warmup = cfg.warmup_steps
+    warmup_used = {"value": warmup}  # what the cached runs resolved to (None: the model's cache_defaults)
     settings = cfg.settings
     lpips_model, lpips_status = None, "off"
     if cfg.lpips:
@@ -295,6 +303,7 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
         res = generate(prompt, cache=setting.cache_config(warmup), bundle=b, seed=seed, num_steps=cfg.num_steps,
                        num_frames=cfg.num_frames, device=cfg.device)
         sec, cpu = clock() - t0, cpu_clock() - c0
+        warmup_used["value"] = res.cache.options().get("warmup_steps", warmup_used["value"])
         done += 1
         if on_progress is not None:
             on_progress(Progress(done, total, label or setting.name, prompt, seed, sec))
@@ -335,7 +344,7 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     rt = b.config.runtime
     model = dict(path=str(b.path) if b.path else None, num_steps=cfg.num_steps or rt.num_steps,
                  num_frames=cfg.num_frames or rt.num_frames, size=[rt.video_size_h, rt.video_size_w],
-                 chunk_width=rt.chunk_width, window_size=rt.window_size, warmup_steps=warmup)
+                 chunk_width=rt.chunk_width, window_size=rt.window_size, warmup_steps=warmup_used["value"])
     conf = {k: v for k, v in asdict(cfg).items()}
     return SweepResult(conf, lpips_status, rows, summaries, seed_scale, rec_s.setting if rec_s else None, model)
 

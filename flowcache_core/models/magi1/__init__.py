@@ -1,0 +1,1 @@
+"""MAGI-1: the first model family (see family.py)."""

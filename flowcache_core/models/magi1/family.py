@@ -1,0 +1,137 @@
+"""MAGI-1 as a family plugin: checkpoint recognition, config and its overlays, loading, and a generation's setup.
+
+Checkpoints: a flowcache bundle whose config.json is in MAGI-1's schema (the shipped default model), or an
+official MAGI-1 release root (ckpt/magi/<variant>, ckpt/vae, ckpt/t5; see release.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowcache_core.cache.options import check_options, option
+from flowcache_core.engine.family import Bundle
+from flowcache_core.errors import FlowcacheError
+from flowcache_core.models.codec import from_pixels
+from flowcache_core.models.magi1.bundle import load_bundle
+from flowcache_core.models.magi1.config import MagiConfig, RuntimeConfig
+from flowcache_core.models.magi1.release import choose_variant, is_magi_release, release_ckpt_dir, variant_config
+from flowcache_core.models.magi1.sampling import Magi1Generation, TextCondition
+from flowcache_core.models.magi1.schedule import chunk_layout
+
+
+@dataclass
+class Magi1Options:
+    """Request options only MAGI-1 has."""
+
+    cfg_number: int | None = option(None, "1 (one pass) or 3 (MAGI-1 CFG: 3 passes, 2 when every prev-chunk scale is 1). Default: the model's.", kind=int, low=1, optional=True, example=3)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+class Magi1Family:
+    name = "magi1"
+    Options = Magi1Options
+
+    def recognises(self, path: Path) -> bool:
+        if is_magi_release(path):
+            return True
+        return (path / "config.json").is_file() and _has_model_config(path / "config.json")
+
+    def read_config(self, path: Path, variant: str | None) -> MagiConfig:
+        if is_magi_release(path):
+            ckpt = release_ckpt_dir(path)
+            return variant_config(ckpt, choose_variant(ckpt, variant))
+        if variant is not None:
+            raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; "
+                                 f"{str(path)!r} is a flowcache bundle")
+        if not (path / "config.json").is_file():
+            raise FlowcacheError(f"checkpoint directory {str(path)!r} has no config.json (MAGI-1 schema)")
+        return MagiConfig.from_json(path / "config.json")
+
+    def apply(self, config: MagiConfig, config_file: dict | None, source: str, *, num_steps=None,
+              num_frames=None, height=None, width=None, seed=None, cfg_number=None) -> MagiConfig:
+        """A config file (MAGI-1 schema) lays its runtime_config over the checkpoint's, key by key; its
+        model_config and engine_config are not used (the weights fix the model). Then the request's options."""
+        if config_file is not None:
+            overlay = config_file.get("runtime_config")
+            if not isinstance(overlay, dict):
+                raise FlowcacheError(f"{source} has no runtime_config object (MAGI-1 schema)")
+            known = {f.name for f in dataclasses.fields(RuntimeConfig)}
+            unknown = sorted(set(overlay) - known)
+            if unknown:
+                raise FlowcacheError(f"{source}: runtime_config key {unknown[0]!r} unknown "
+                                     f"(allowed: {', '.join(sorted(known))})")
+            config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overlay))
+        return config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
+                              cfg_number=cfg_number, seed=seed).validate()
+
+    def cache_defaults(self, config: MagiConfig) -> dict | None:
+        return (config.extra.get("flowcache") or {}).get("cache_defaults")
+
+    def window_size(self, config: MagiConfig) -> int:
+        return config.runtime.window_size
+
+    def check_inputs(self, config: MagiConfig, mode: str, image: np.ndarray | None,
+                     prefix_video: np.ndarray | None) -> None:
+        rt = config.runtime
+        H, W = rt.video_size_h, rt.video_size_w
+        if mode == "i2v":
+            if image is None:
+                raise FlowcacheError("i2v needs --image")
+            if image.shape[:2] != (H, W):
+                raise FlowcacheError(f"image is {image.shape[1]}x{image.shape[0]}, the model generates {W}x{H} "
+                                     f"(resize it or pass --width/--height)")
+        elif mode == "v2v":
+            if prefix_video is None:
+                raise FlowcacheError("v2v needs --prefix-video")
+            if prefix_video.shape[1:3] != (H, W):
+                raise FlowcacheError(f"prefix video is {prefix_video.shape[2]}x{prefix_video.shape[1]}, "
+                                     f"the model generates {W}x{H}")
+            min_frames = rt.chunk_width * rt.temporal_downsample_factor
+            if prefix_video.shape[0] < min_frames:
+                raise FlowcacheError(f"prefix video has {prefix_video.shape[0]} frames, v2v needs at least one "
+                                     f"chunk ({min_frames} frames)")
+
+    def load(self, path: Path, config: MagiConfig, *, device: str, attn_backend: str, variant: str | None) -> Bundle:
+        return load_bundle(path, device=device, attn_backend=attn_backend, variant=variant)
+
+    def prepare(self, bundle: Bundle, config: MagiConfig, prompt: str, mode: str, image: np.ndarray | None,
+                prefix_video: np.ndarray | None) -> Magi1Generation:
+        """Prefix latents (i2v: one image; v2v: a video), per-chunk captions and seeded noise -> a generation."""
+        self.check_inputs(config, mode, image, prefix_video)
+        rt, codec, dev = config.runtime, bundle.codec, bundle.device
+        prefix = None
+        if mode == "i2v":
+            prefix = codec.encode(from_pixels(image[None]).to(dev))
+        elif mode == "v2v":
+            usable = prefix_video.shape[0] - prefix_video.shape[0] % codec.temporal_downsample
+            prefix = codec.encode(from_pixels(prefix_video[:usable]).to(dev))
+        C, Tl, h, w = codec.latent_shape(rt.num_frames, rt.video_size_h, rt.video_size_w)
+        P = 0 if prefix is None else prefix.shape[1]
+        chunk_num, _ = chunk_layout(Tl, P, rt.chunk_width)
+        # Text: one caption row per generated chunk (MAGI-1's T5 path prepends per-chunk duration tokens).
+        with torch.no_grad():
+            emb, mask = bundle.text_encoder.encode([prompt])
+            caps, masks = bundle.text_encoder.chunk_captions(emb[0], mask[0], chunk_num - P // rt.chunk_width)
+        text = TextCondition(caps.to(dev), masks.to(dev))
+        # Seeded noise for every frame after the prefix, drawn on the CPU so every device gets the same video.
+        gen = torch.Generator().manual_seed(rt.seed)
+        noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)
+        return Magi1Generation(bundle.model, config, text, noise, prefix=prefix)
+
+
+def _has_model_config(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return True  # ours to read: MagiConfig.from_json reports the broken file in one line
+    return isinstance(data, dict) and "model_config" in data
+
+

@@ -1,0 +1,9 @@
+"""The one registry of model families: name -> family plugin. A new family is a folder beside magi1/ plus one
+line here; a bundle's config.json names its family ("family"), other layouts are recognised by each family."""
+from __future__ import annotations
+
+from flowcache_core.models.magi1.family import Magi1Family
+
+FAMILIES = {
+    "magi1": Magi1Family(),
+}

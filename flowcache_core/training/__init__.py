@@ -1,0 +1,1 @@
+"""Training the default model, apart from the engine: the procedural video world and the training loop."""
