@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50, help="held-out captions / sampling seeds 0..n-1")
     ap.add_argument("--num-steps", type=int, default=None, help="default: the model's (32)")
     ap.add_argument("--checkpoint-dir", default=None)
-    ap.add_argument("--cfg-number", type=int, default=None, help="1 or 3 (default: the model's, 1)")
+    ap.add_argument("--cfg-number", type=int, default=None, help="1 or 3 (default: the model's; 3 for the shipped one)")
     ap.add_argument("--no-continuation", action="store_true", help="skip the i2v / v2v part")
     ap.add_argument("--out", default=str(RESULTS / "judge_default.json"))
     ap.add_argument("--sheet", default=None, help="contact sheet PNG (default: beside --out, _sheet.png)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the default model on the GPU machine, one call (at most 10 minutes) at a time: optionally two short
 # identical runs (reproducibility), then one phase under a time limit, then optionally a quick judge on the GPU.
-# The shipped model (v4) is six calls, the six lines of `make default-model` (README, "The default model"):
+# The shipped model (v4) is six calls, the six lines of `make default-model` (docs/TRAINING.md):
 #   v2, call 1: STEPS=6217 TIME_LIMIT=450 TRAIN_ARGS="--no-resume --rope-bands 0.73,0.37,0.18,0.09 --text-embed-norm 8" \
 #           bash bench/train_default_gpu.sh                                                      (fresh)
 #   v2, call 2: RESUME=1 STEPS=100000 TIME_LIMIT=440 FIT=1 bash bench/train_default_gpu.sh       (same cosine,
@@ -30,7 +30,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-out/train}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # The v2 recipe (every call): object-weighted loss, recoloured noisy inputs, lightly noised context.
-# RECIPE replaces it whole (the v3 continuation: README, "The default model").
+# RECIPE replaces it whole (the v3 continuation: docs/TRAINING.md).
 RECIPE=${RECIPE:-"--seed 0 --batch ${BATCH:-192} --workers ${WORKERS:-13} --lr ${LR:-1e-3} --warmup 300 --fg-weight 3 --recolour-p 0.5 --recolour-t 0.3 --context-noise 0.05"}
 if [ "${PROFILE:-0}" = 1 ]; then  # seconds per step of the recipe under autocast and with the bf16 compute copy
   for prec in bf16 bf16-master; do

@@ -5,9 +5,8 @@ Pixels at this boundary are `uint8` numpy arrays: videos `(T, H, W, 3)`, images 
 Encoding (decided here, used by every writer in the package):
 - default: H.264 (libx264), yuv420p, CRF 12, preset medium. CRF 12 is past "visually lossless" (~17-18)
   on purpose: `evaluate` compares cached against uncached videos, and the codec's error must stay far
-  below the differences we measure. Round trip of natural-looking (smooth) 64x64 content: > 40 dB PSNR.
-  Caveat measured here: 4:2:0 halves chroma resolution, so saturated coloured edges on tiny frames
-  (synthetic squares at 64x64) cap at ~30-35 dB whatever the CRF (yuv444p CRF 0 gives 52 dB).
+  below the differences we measure (tests/test_video.py bounds the round trip). 4:2:0 halves chroma
+  resolution, so saturated coloured edges on tiny frames lose more than smooth content, whatever the CRF.
 - `lossless=True`: H.264 in RGB (libx264rgb, `-qp 0`, High 4:4:4 Predictive). Bit-exact round trip;
   use it for reference/candidate videos that are only compared (PSNR/SSIM/LPIPS then measure the
   sampler, not the codec). Plays in ffmpeg/VLC, not in browsers.

@@ -3,7 +3,7 @@
 Layouts are token-major, as the model keeps them: q (Lq, Hq, hd), k/v (Lk, Hkv, hd), GQA with
 q head i reading kv head i // (Hq // Hkv). Backends:
 - "sdpa" (default): torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is
-  preferred (measured fastest for MAGI-1 shapes on an H100), then flash, then efficient, then math.
+  preferred (fastest for MAGI-1 shapes on an H100, docs/PERFORMANCE.md), then flash, efficient, math.
 - "flash": flash-attn 2 (`flash_attn_func`) or 4 (`flash_attn.cute`) when importable.
 `available_backends()` says which are usable here.
 """

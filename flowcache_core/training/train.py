@@ -43,8 +43,7 @@ def default_model_config() -> MagiConfig:
                         kv_channels=32, in_channels=48, out_channels=48, patch_size=2, caption_channels=text.dim,
                         caption_max_length=text.max_length, params_dtype="torch.float32", gated_linear_unit=False)
     # Sampling: MAGI-1's CFG with text guidance 3 and prev-chunk scale 1 (two passes per step, the unconditional
-    # pass has weight 0). With one pass v4 followed the caption's direction in 70 % of the judge's videos (on the
-    # issue's bar) and its colour in 90 %; with this guidance 78 % and 98 % (docs/PERFORMANCE.md).
+    # pass has weight 0): it follows the captions better than one pass (the judge's figures: docs/TRAINING.md).
     runtime = RuntimeConfig(cfg_number=3, text_scales=[3.0] * 5, prev_chunk_scales=[1.0] * 5,
                             noise2clean_kvrange=[5, 4, 3, 2], clean_chunk_kvrange=1, clean_t=0.9999,
                             seed=1234, num_frames=32, video_size_h=64, video_size_w=64, num_steps=32, window_size=4,
@@ -72,7 +71,7 @@ class TrainConfig:
     warm_restart: bool = False  # a resumed run starts a new warmup + cosine from its first step
     rope_bands: tuple[float, ...] | None = None  # set the RoPE bands (after resuming) to these values
     num_steps_grid: int = 32  # the plan whose forwards are drawn (kv ranges scale with it)
-    # Fine-tuning options (tried on the shipped model, not part of `make default-model`; docs/PERFORMANCE.md):
+    # Fine-tuning options (v4's phase uses --init-from; the others were tried and not shipped, docs/TRAINING.md):
     init_from: str | None = None  # start from this bundle's weights (fresh optimizer), e.g. the shipped model
     text_embed_norm: float | None = None  # rescale the word embeddings to this mean norm at the start
     text_lr_mult: float = 1.0  # the text encoder's learning rate = lr * this (its word embeddings: no decay)
@@ -138,7 +137,7 @@ class Bf16Compute:
     the master weights (the optimizer, EMA and saved state see only those).
 
     Why: under autocast the residual stream stays float32 and every norm runs in float32 on float32 copies of
-    bf16 matmul outputs: LayerNorm and dtype casts took over half of a training step's GPU time (docs/PERFORMANCE.md).
+    bf16 matmul outputs: LayerNorm and dtype casts dominated a training step's GPU time (profile: docs/TRAINING.md).
     The copy keeps MAGI-1's float32 modules (embedders, final linear, norm params) as `set_dtype` does; bf16
     master weights would lose AdamW updates below bf16's resolution, hence the float32 masters.
     """
@@ -178,8 +177,8 @@ def training_batch(model: VideoDiT, text_encoder: WordTextEncoder, cfg: MagiConf
     carry it); context_noise: clean context is noised to t ~ U[1-a, 1] but still labelled clean, so the model
     learns to continue imperfect (generated) context instead of shrinking it chunk after chunk.
     alpha (B, T, H, W, k) uint8 and rgb (B, k, 3) uint8 (`sample_clip_batch(with_alpha=True)`) enable:
-    fg_weight: object pixels weigh 1 + fg_weight * coverage in the loss (an object is ~4 % of the pixels, so
-    plain MSE pays little for drawing it); recolour_p: this share of videos has its objects recoloured to
+    fg_weight: object pixels weigh 1 + fg_weight * coverage in the loss (objects cover a small share of the
+    pixels, so plain MSE pays little for drawing them); recolour_p: this share of videos has its objects recoloured to
     random palette colours in the inputs of window rows with t < recolour_t, while the target stays the true
     clip (v = (x1 - x_t) / (1 - t)): at high noise the colour in the input is chance, so only the caption
     can say which colour to move towards, and the loss now pays for reading it.

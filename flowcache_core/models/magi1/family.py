@@ -57,10 +57,12 @@ class Magi1Family:
               num_frames=None, height=None, width=None, seed=None, cfg_number=None) -> MagiConfig:
         """A config file (MAGI-1 schema) lays its runtime_config over the checkpoint's, key by key; its
         model_config and engine_config are not used (the weights fix the model). Then the request's options."""
-        if config_file is not None:
-            overlay = config_file.get("runtime_config")
+        overlay = (config_file or {}).get("runtime_config")
+        if config_file is not None and overlay is None and "flowcache" not in config_file:
+            raise FlowcacheError(f"{source} has neither a runtime_config object (MAGI-1 schema) nor flowcache.cache_defaults")
+        if overlay is not None:
             if not isinstance(overlay, dict):
-                raise FlowcacheError(f"{source} has no runtime_config object (MAGI-1 schema)")
+                raise FlowcacheError(f"{source}: runtime_config must be an object, not {type(overlay).__name__}")
             known = {f.name for f in dataclasses.fields(RuntimeConfig)}
             unknown = sorted(set(overlay) - known)
             if unknown:
