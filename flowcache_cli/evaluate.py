@@ -44,7 +44,7 @@ def evaluate_cmd(
     device: str = typer.Option("cpu", "--device", help="Torch device for LPIPS (cpu, cuda, cuda:N)."),
 ) -> None:
     """Compare candidate videos against references: PSNR (clip and per frame), SSIM, LPIPS."""
-    check_device(device)
+    check_device(device, "--device")
     with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         task = progress.add_task("evaluating", total=None)
 

@@ -22,7 +22,7 @@ from flowcache_cli._common import (
     split_options, user_errors,
 )  # fmt: skip
 from flowcache_cli.progress import ProgressView, summary_table
-from flowcache_core.api import MODES, generate, load, resolve
+from flowcache_core.api import MODES, check_device, generate, load, resolve
 from flowcache_core.cache.settings import CacheConfig, policy_names
 from flowcache_core.engine.events import ForwardEvent
 from flowcache_core.errors import FlowcacheError
@@ -115,6 +115,7 @@ def generate_cmd(
         raise FlowcacheError("--mode i2v needs --image")
     if mode == "v2v" and prefix_video is None:
         raise FlowcacheError("--mode v2v needs --prefix-video")
+    check_device(device, "--device")
     cache_options, family_options = split_options(options)
     request = resolve(prompt, mode=mode, cache=CacheConfig(check_policy_flag(cache), **cache_options),
                       checkpoint_dir=checkpoint_dir, variant=variant, config_file=config_file, device=device,

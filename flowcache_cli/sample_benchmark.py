@@ -40,7 +40,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
 
     build_items(bundle) -> (all items, keep_frames or None, note or None); num_frames_for(bundle) -> int|None.
     """
-    check_device(device)  # before anything is created on disk
+    check_device(device, "--device")  # before anything is created on disk
     out = bm.prepare_output_dir(output_dir)
     device = bm.init_distributed(shard, device)
     try:

@@ -75,7 +75,7 @@ def sweep_cmd(
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, device=device,
                       lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
     cfg.validate()
-    check_device(device)
+    check_device(device, "--device")
     out = check_output_dir(output_dir)
     bundle = load(resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps))
 

@@ -57,18 +57,18 @@ class GenerationResult:
     events: list = field(default_factory=list)
 
 
-def check_device(device: str) -> str:
-    """cpu, cuda or cuda:N that this machine has."""
+def check_device(device: str, name: str = "device") -> str:
+    """cpu, cuda or cuda:N that this machine has (`name`: how the error line calls the setting, e.g. --device)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise FlowcacheError(f"device {device!r} is not a torch device (allowed: cpu, cuda, cuda:N)") from None
+        raise FlowcacheError(f"{name} {device!r} is not a torch device (allowed: cpu, cuda, cuda:N)") from None
     if dev.type not in ("cpu", "cuda"):
-        raise FlowcacheError(f"device {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
+        raise FlowcacheError(f"{name} {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlowcacheError(f"device {device!r} asked for but CUDA is not available here (use cpu)")
+        raise FlowcacheError(f"{name} {device!r} asked for but CUDA is not available here (use cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise FlowcacheError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise FlowcacheError(f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

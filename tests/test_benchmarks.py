@@ -163,6 +163,7 @@ class _Result:
     frames: np.ndarray
     fps: int
     record: _Record
+    cache: object = None  # what ran: the manifest records it
 
 
 class _Runtime:
@@ -174,9 +175,11 @@ class _Bundle:
         runtime = _Runtime
 
 
-def fake_generate(prompt, *, seed, **_):
+def fake_generate(prompt, *, seed, cache, **_):
+    from flowcache_core.cache.settings import resolve_cache
+
     rng = np.random.default_rng(seed)
-    return _Result(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), 8, _Record())
+    return _Result(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), 8, _Record(), resolve_cache(cache))
 
 
 def test_sample_items_resumes_and_merges(tmp_path):
@@ -201,7 +204,9 @@ def test_sample_items_resumes_and_merges(tmp_path):
     assert [v["file"] for v in doc["videos"]] == [it.file for it in items]
     assert doc["videos"][3]["record"] is None and doc["videos"][0]["chunk_forwards_skipped"] == 1
     frames, fps = read_video(out / items[5].file)
-    assert fps == 8 and np.array_equal(frames, fake_generate("", seed=items[5].seed).frames)
+    assert fps == 8 and np.array_equal(frames, fake_generate("", seed=items[5].seed, cache=None).frames)
+    first = json.loads((out / "manifest.rank0.jsonl").read_text().splitlines()[0])
+    assert first["cache"] == {"policy": "none", "total_cache_chunk_nums": None}  # what ran, resolved
 
 
 def _write(path: Path, text: str) -> Path:

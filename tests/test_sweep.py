@@ -48,9 +48,8 @@ def sweep_json(tiny_bundle_dir, tmp_path_factory):
 def test_sweep_writes_every_setting(sweep_json):
     data = json.loads((sweep_json / "sweep.json").read_text())
     names = [s["setting"] for s in data["settings"]]
-    assert names == ["none", "teacache@0", "teacache@0.1", "flowcache-displacement@0", "flowcache-displacement@0.1",
-                     "flowcache-velocity@0", "flowcache-velocity@0.1", "flowcache-extrapolate@0",
-                     "flowcache-extrapolate@0.1"]
+    assert names == ["none", *(f"{p}-{r}@{t}" for p in ("teacache", "flowcache")  # registry order, per reuse mode
+                               for r in ("displacement", "velocity", "extrapolate") for t in ("0", "0.1"))]
     assert len(data["runs"]) == 2 * len(names)  # 2 prompts x 1 seed, interleaved per prompt
     assert [r["setting"] for r in data["runs"][: len(names)]] == names
     assert data["seed_scale"]["pairs"] and math.isfinite(data["seed_scale"]["psnr_mean"])
@@ -63,7 +62,7 @@ def test_sweep_writes_every_setting(sweep_json):
 def test_threshold_zero_is_the_uncached_video(sweep_json):
     data = json.loads((sweep_json / "sweep.json").read_text())
     by = {s["setting"]: s for s in data["settings"]}
-    for name in ("flowcache-displacement@0", "flowcache-velocity@0", "teacache@0"):
+    for name in ("flowcache-displacement@0", "flowcache-velocity@0", "teacache-displacement@0", "teacache-extrapolate@0"):
         assert by[name]["psnr_mean"] == "inf"
         assert by[name]["ssim_mean"] == pytest.approx(1.0)
         assert by[name]["computed_chunk_forwards"] == by["none"]["computed_chunk_forwards"]
@@ -182,7 +181,7 @@ def test_speed_quality_pure_parts():
                          dict(setting="x", colour_ok=False, direction_ok=False)])
     assert acc == {"none": dict(n=2, colour=1.0, direction=0.5), "x": dict(n=1, colour=0.0, direction=0.0)}
     table = [_summary("none", 1.0, None, None, policy="none"),
-             _summary("teacache@0.1", 1.4, 26.0, 0.8, policy="teacache"),
+             _summary("teacache-displacement@0.1", 1.4, 26.0, 0.8, policy="teacache"),
              _summary("flowcache-displacement@0.1", 2.0, 25.5, 0.8),
              _summary("flowcache-velocity@0.1", 2.6, 27.0, 0.9),
              _summary("flowcache-velocity@0.2", 3.5, 20.0, 0.6)]
