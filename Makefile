@@ -1,7 +1,7 @@
 # flowcache — the commands README.md refers to.
 PY ?= python3
 
-.PHONY: install install-gpu test lint default-model lpips-weights bench-gpu-forward
+.PHONY: install install-gpu test test-slow test-all lint default-model lpips-weights bench-gpu-forward
 
 install:            ## CPU machine: the local CPU torch first (a plain `torch` would pull a multi-GB CUDA build)
 	$(PY) -m pip install torch==2.13.0
@@ -10,8 +10,14 @@ install:            ## CPU machine: the local CPU torch first (a plain `torch` w
 install-gpu:        ## GPU image (torch present, no registry): install the package against what is there
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 
-test:
-	$(PY) -m pytest -q
+test:               ## the fast set (everything not marked slow; what plain `pytest` runs)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow:          ## the slow set: end-to-end runs, training, the shipped model, 40-chunk KV runs, torchrun
+	$(PY) -m pytest -q -m slow
+
+test-all:           ## both sets in one run
+	$(PY) -m pytest -q -m "slow or not slow"
 
 lint:
 	$(PY) -m compileall -q flowcache_core flowcache_cli bench tests

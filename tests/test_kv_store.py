@@ -16,6 +16,7 @@ def unlimited_range_bundle(tiny_bundle_dir):
     return b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["token", "frame", "chunk"])
 def test_forty_chunks_stay_inside_budget_and_flat(unlimited_range_bundle, strategy):
     b = unlimited_range_bundle
@@ -29,6 +30,7 @@ def test_forty_chunks_stay_inside_budget_and_flat(unlimited_range_bundle, strate
     assert set(kv[full:]) == {6 * tpc}  # flat once the budget is reached
 
 
+@pytest.mark.slow
 def test_without_budget_every_chunk_stays(unlimited_range_bundle):
     b = unlimited_range_bundle
     tpc = b.config.runtime.chunk_width * 8 * 8

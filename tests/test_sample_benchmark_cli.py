@@ -107,6 +107,7 @@ def test_shards_cover_the_unsharded_set(tiny_bundle_dir, prompt_file, reference,
         assert np.array_equal(read_video(tmp_path / "0" / name)[0], read_video(reference / name)[0])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(tiny_bundle_dir, prompt_file, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "flowcache_cli.main", "sample-benchmark", "vbench", "--prompt-file", str(prompt_file),
@@ -131,6 +132,7 @@ def test_killed_run_resumes(tiny_bundle_dir, prompt_file, tmp_path):
     assert doc["complete"] and sorted(v["file"] for v in doc["videos"]) == sorted(videos(out))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_bundle_dir, prompt_file, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flowcache_cli.main", "sample-benchmark",

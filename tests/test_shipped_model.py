@@ -15,6 +15,8 @@ from bench.judge import judge_video  # noqa: E402
 from flowcache_core.api import generate  # noqa: E402
 from flowcache_core.models.magi1.bundle import load_bundle  # noqa: E402
 
+pytestmark = pytest.mark.slow  # two 32-frame samplings of the shipped model
+
 
 @pytest.fixture(scope="module")
 def shipped():

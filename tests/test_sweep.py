@@ -45,6 +45,7 @@ def sweep_json(tiny_bundle_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_writes_every_setting(sweep_json):
     data = json.loads((sweep_json / "sweep.json").read_text())
     names = [s["setting"] for s in data["settings"]]
@@ -59,6 +60,7 @@ def test_sweep_writes_every_setting(sweep_json):
         assert (sweep_json / "sweep_pareto.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_threshold_zero_is_the_uncached_video(sweep_json):
     data = json.loads((sweep_json / "sweep.json").read_text())
     by = {s["setting"]: s for s in data["settings"]}

@@ -62,6 +62,7 @@ def test_context_noise_noises_clean_rows_but_keeps_their_label(setup):
     torch.testing.assert_close(noisy.x[:, ncl:], clean.x[:, ncl:])  # window rows untouched
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_bundle_rescales_word_embeddings(tmp_path):
     train.main(["--out", str(tmp_path), "--steps", "2", "--batch", "2", "--workers", "0", "--device", "cpu",
                 "--no-resume", "--init-from", str(default_model_dir()), "--text-embed-norm", "8",
@@ -138,6 +139,7 @@ def test_recolour_changes_only_noisy_inputs_and_keeps_the_true_target(setup):
     torch.testing.assert_close(high.x, plain.x)  # no row below t = 0: inputs untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--fg-weight", "3"], ["--fg-weight", "1", "--precision", "bf16-master"],
                                    ["--fg-weight", "1", "--precision", "bf16-master", "--motion-weight", "10"]],
                          ids=["v2", "v3", "v4"])
@@ -155,6 +157,7 @@ def test_same_seed_same_weights_with_the_shipped_recipes(tmp_path, extra):
     assert not torch.equal(a["final_linear.linear.weight"].float(), start["final_linear.linear.weight"].to(torch.bfloat16).float())
 
 
+@pytest.mark.slow
 def test_bf16_master_trains_a_bf16_copy_and_keeps_float32_masters(tmp_path):
     """bf16-master: forward/backward on a bf16 copy, the optimizer on float32 masters; the losses follow the
     float32 run's closely (the copy rounds weights and activations to bf16, nothing else changes)."""
@@ -185,6 +188,7 @@ def test_bf16_master_trains_a_bf16_copy_and_keeps_float32_masters(tmp_path):
     assert comp.model.videodit_blocks.layers[0].mlp.linear_fc1.weight.grad is None
 
 
+@pytest.mark.slow
 def test_continue_schedule_resumes_the_saved_cosine(tmp_path):
     """A later call with --continue-schedule keeps the first call's learning-rate curve (origin and end step)."""
     base = ["--out", str(tmp_path), "--batch", "2", "--workers", "0", "--device", "cpu", "--seed", "1", "--warmup", "1"]
