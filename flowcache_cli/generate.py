@@ -24,7 +24,7 @@ from flowcache_core.magi_release import choose_variant, is_magi_release, release
 from flowcache_core.cache.policy import (
     COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig,
 )  # fmt: skip
-from flowcache_core.config import MagiConfig, RuntimeConfig
+from flowcache_core.config import MagiConfig, RuntimeConfig, check_config_section
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import usual_mode
 from flowcache_core.model.attention import ATTN_BACKENDS, check_backend
@@ -74,6 +74,7 @@ def load_run_config(checkpoint_dir: Path | None, config_file: Path | None, varia
     if unknown:
         raise FlowcacheError(f"config file {str(config_file)!r}: runtime_config key {unknown[0]!r} unknown "
                              f"(allowed: {', '.join(sorted(known))})")
+    check_config_section("runtime_config", runtime, where=f"config file {str(config_file)!r}")
     return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, **runtime))
 
 
