@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
 from flowcache_cli._common import OneLineUsageErrors, cache_config_from_flags, console, err_console, user_errors
@@ -24,7 +23,8 @@ from flowcache_core.magi_release import choose_variant, is_magi_release, release
 from flowcache_core.cache.policy import (
     COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig,
 )  # fmt: skip
-from flowcache_core.config import MagiConfig, RuntimeConfig, check_config_section
+from flowcache_core.checks import check_device, check_fits_in_memory, check_frame_size, check_seed, codec_factors
+from flowcache_core.config import MAX_NUM_STEPS, MagiConfig, RuntimeConfig, check_config_section
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import usual_mode
 from flowcache_core.model.attention import ATTN_BACKENDS, check_backend
@@ -83,18 +83,6 @@ def cache_config(policy: str, given: dict, config: MagiConfig) -> CacheConfig:
     return cache_config_from_flags(policy, given, config)
 
 
-def check_device(device: str) -> str:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise FlowcacheError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlowcacheError(f"--device {device!r} asked for but CUDA is not available here (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise FlowcacheError(f"--device {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
-    return device
-
-
 # ------------------------------------------------------------------------------------------ JSON log
 class JsonLog:
     """`--json-log`: one JSON object per forward, written as the run goes into a hidden temp file beside
@@ -145,7 +133,7 @@ def generate_cmd(
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle or an official MAGI-1 release root; default: the shipped model."),
     variant: Optional[str] = typer.Option(None, "--variant", help="MAGI-1 release variant (4.5B_distill, 24B_base, ...); default: the only one present."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Noise seed (default: the config's)."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, help="Denoising steps per chunk."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS, help="Denoising steps per chunk."),
     num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames to generate (v2v: after the prefix)."),
     height: Optional[int] = typer.Option(None, "--height", min=1, help="Pixels."),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Pixels."),
@@ -198,9 +186,15 @@ def generate_cmd(
         raise FlowcacheError("--mode v2v needs --prefix-video")
     check_device(device)
     check_backend(attn_backend)
+    if seed is not None:
+        check_seed(seed, "--seed")
     config = load_run_config(checkpoint_dir, config_file, variant)
     config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
                             cfg_number=cfg_number, seed=seed).validate()
+    # a value the flags did not set comes from the config (the checkpoint's, or --config-file's runtime_config)
+    check_frame_size(config, names=("--height" if height is not None else "runtime_config.video_size_h",
+                                    "--width" if width is not None else "runtime_config.video_size_w"))
+    check_fits_in_memory(config, name="--num-frames" if num_frames is not None else "runtime_config.num_frames")
     given = dict(rel_l1_thresh=rel_l1_thresh, warmup_steps=warmup_steps, reuse=reuse,
                  total_cache_chunk_nums=total_cache_chunk_nums, compress_strategy=compress_strategy,
                  query_granularity=query_granularity, mix_lambda=mix_lambda)
@@ -216,7 +210,7 @@ def generate_cmd(
         if prefix_px.shape[1:3] != (rt.video_size_h, rt.video_size_w):
             raise FlowcacheError(f"--prefix-video {str(prefix_video)!r} is {prefix_px.shape[2]}x{prefix_px.shape[1]}, "
                                  f"the model generates {rt.video_size_w}x{rt.video_size_h}")
-        temporal = int(((config.extra.get("flowcache") or {}).get("codec") or {}).get("temporal", 1))
+        temporal = codec_factors(config)[1]
         if prefix_px.shape[0] < rt.chunk_width * temporal:
             raise FlowcacheError(f"--prefix-video {str(prefix_video)!r} has {prefix_px.shape[0]} frames, v2v needs at "
                                  f"least one chunk ({rt.chunk_width * temporal} frames)")

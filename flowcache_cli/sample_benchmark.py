@@ -14,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flowcache_cli._common import OneLineUsageErrors, cache_config_from_flags, console, err_console, user_errors
 from flowcache_core import benchmarks as bm
 from flowcache_core.cache.policy import COMPRESS_STRATEGIES, POLICY_NAMES, QUERY_GRANULARITIES, REUSE_MODES, CacheConfig
+from flowcache_core.checks import check_device, check_seed
+from flowcache_core.config import MAX_NUM_STEPS
 from flowcache_core.errors import FlowcacheError
 
 bench_app = typer.Typer(
@@ -34,7 +36,7 @@ STRATEGY = typer.Option(None, "--compress-strategy", help=f"Unit of KV selection
 QUERY = typer.Option(None, "--query-granularity", help=f"Importance queries: {', '.join(QUERY_GRANULARITIES)}.")
 LAMBDA = typer.Option(None, "--mix-lambda", help="Weight of importance against redundancy, in [0, 1] (0.07).")
 CHECKPOINT = typer.Option(None, "--checkpoint-dir", help="Model bundle folder (default: the shipped default model).")
-STEPS = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's).")
+STEPS = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS, help="Denoising steps per chunk (default: the model's).")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK).")
 SEED = typer.Option(0, "--seed", help=f"Base seed: video i of prompt p uses seed + {bm.SEED_STRIDE}*p + i.")
 SHARD = typer.Option(None, "--shard", help="Take work items k with k % n == i ('i/n'). Under torchrun: RANK/WORLD_SIZE.")
@@ -66,6 +68,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
     """
     from flowcache_core.bundle import load_bundle
 
+    check_device(device)
     out = bm.prepare_output_dir(output_dir)
     device = bm.init_distributed(shard, device)
     try:
@@ -115,7 +118,7 @@ def vbench_cmd(
         None, "--prompt-file", help="A custom prompt list (one a line) instead of VBench's; names are sanitised."),
     samples_per_prompt: int = typer.Option(
         bm.VBENCH_SAMPLES_PER_PROMPT, "--samples-per-prompt", help="Videos per prompt, named {prompt}-{i}.mp4."),
-    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video (default: the model's)."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames per video (default: the model's)."),
     cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
     reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
     compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
@@ -125,6 +128,7 @@ def vbench_cmd(
 ) -> None:
     """VBench: every unique prompt (or those of --dimension) x --samples-per-prompt, as {prompt}-{i}.mp4."""
     the_shard = bm.resolve_shard(shard)
+    check_seed(seed, "--seed")
     if prompt_file is not None and dimension:
         raise FlowcacheError("--dimension filters VBench's prompt list; a --prompt-file has no dimensions")
     if dimension is not None and any(not d.strip() for d in dimension):
@@ -149,7 +153,7 @@ def physicsiq_cmd(
     output_dir: Path = OUTPUT_DIR,
     mode: str = typer.Option("v2v", "--mode", help="v2v: continue the 3 s conditioning video; i2v: start from the switch frame."),
     num_frames: Optional[int] = typer.Option(
-        None, "--num-frames", help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
+        None, "--num-frames", min=1, help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
     cache: str = CACHE, rel_l1_thresh: Optional[float] = REL_L1, warmup_steps: Optional[int] = WARMUP,
     reuse: Optional[str] = REUSE, total_cache_chunk_nums: Optional[int] = B_TOTAL,
     compress_strategy: Optional[str] = STRATEGY, query_granularity: Optional[str] = QUERY,
@@ -159,6 +163,7 @@ def physicsiq_cmd(
 ) -> None:
     """PhysicsIQ: one video per take-1 scenario, named by generated_video_name, exactly 5 s at the model's fps."""
     the_shard = bm.resolve_shard(shard)
+    check_seed(seed, "--seed")
     if mode not in bm.PHYSICSIQ_MODES:
         raise FlowcacheError(f"--mode {mode!r} unknown for PhysicsIQ (allowed: {', '.join(bm.PHYSICSIQ_MODES)})")
     rows = bm.read_physicsiq(dataset_dir)

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,6 +18,8 @@ from rich.table import Table
 from flowcache_cli._common import OneLineUsageErrors, console, err_console, user_errors
 from flowcache_core.bundle import load_bundle
 from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES
+from flowcache_core.checks import check_device, check_seed
+from flowcache_core.config import MAX_NUM_STEPS
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.sweep import (
     DEFAULT_THRESHOLDS, SweepConfig, SweepResult, check_output_dir, default_prompts, pareto_plot, parse_choices,
@@ -55,7 +56,8 @@ def sweep_cmd(
     thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS), "--thresholds",
                                    help="Comma-separated rel_l1_thresh values >= 0, used for teacache and flowcache."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Always-computed steps (default: the model's)."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's)."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS,
+                                            help="Denoising steps per chunk (default: the model's)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds; every setting runs every seed."),
     policies: str = typer.Option(",".join(POLICY_NAMES), "--policies", help=f"Subset of {','.join(POLICY_NAMES)} (none always runs)."),
     reuse_modes: str = typer.Option(",".join(REUSE_MODES), "--reuse-modes",
@@ -71,21 +73,18 @@ def sweep_cmd(
     """Run every cache setting on the same prompts and seeds, compare with none, recommend the fastest above a floor."""
     if warmup_steps is not None and warmup_steps < 0:
         raise FlowcacheError(f"--warmup-steps {warmup_steps} must be >= 0")
-    if num_steps is not None and num_steps < 1:
-        raise FlowcacheError(f"--num-steps {num_steps} must be >= 1")
     thr = parse_float_list(thresholds, "--thresholds")
     pol = parse_choices(policies, tuple(POLICY_NAMES), "--policies")
     modes = parse_choices(reuse_modes, REUSE_MODES, "--reuse-modes")
     sds = parse_int_list(seeds, "--seeds")
+    for s in sds:
+        check_seed(s, "--seeds value")
     texts = read_prompt_file(prompt_file) if prompt_file is not None else default_prompts(prompts)
     cfg = SweepConfig(texts, sds, thr, pol, modes, warmup_steps=warmup_steps, num_steps=num_steps,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, device=device,
                       lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
     cfg.validate()
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise FlowcacheError(f"--device {device!r} is not one of cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowcacheError(f"--device {device} asked for but CUDA is not available here (use --device cpu)")
+    check_device(device)
     out = check_output_dir(output_dir)
     bundle = load_bundle(cfg.checkpoint_dir, device=device)
 

@@ -17,6 +17,7 @@ from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.kv import KVStore
 from flowcache_core.cache.kv_compressor import KVCompressor
 from flowcache_core.cache.policy import CacheConfig, make_policy
+from flowcache_core.checks import check_device, check_fits_in_memory, check_frame_size, check_seed
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.model.codec import from_pixels, to_pixels
 from flowcache_core.pipeline import RunRecord, Sampler, TextCondition
@@ -62,13 +63,15 @@ def generate(prompt: str, *, mode: str = "t2v", image: np.ndarray | None = None,
         raise FlowcacheError("prompt is empty; t2v needs a prompt (i2v/v2v may run without one)")
     for name, v in (("num_steps", num_steps), ("num_frames", num_frames), ("height", height), ("width", width)):
         _check_int(name, v)
-    _check_int("seed", seed, 0)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowcacheError(f"device {device!r} asked for but CUDA is not available here (use --device cpu)")
+    if seed is not None:
+        check_seed(seed, "seed")
+    check_device(device, "device")
     b = bundle or load_bundle(checkpoint_dir, device=device, attn_backend=attn_backend, variant=variant)
     cfg = b.config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
                            cfg_number=cfg_number, seed=seed)
     cfg.validate()
+    check_frame_size(cfg, b.codec)
+    check_fits_in_memory(cfg, b.codec)
     rt = cfg.runtime
     cache = cache or CacheConfig(policy="none")
     cache.validate_for(rt.window_size)

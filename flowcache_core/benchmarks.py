@@ -269,9 +269,16 @@ def _seed(base_seed: int, prompt_index: int, sample: int) -> int:
     return base_seed + SEED_STRIDE * prompt_index + sample
 
 
-def _check_base_seed(base_seed: int) -> None:
-    if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
-        raise FlowcacheError(f"seed {base_seed!r} must be an integer >= 0")
+def _check_base_seed(base_seed: int, last_prompt_index: int, last_sample: int) -> None:
+    """The base seed, and the largest seed derived from it, must be seeds torch takes."""
+    from flowcache_core.checks import check_seed
+    from flowcache_core.config import SEED_RANGE
+
+    check_seed(base_seed, "seed")
+    largest = _seed(base_seed, last_prompt_index, last_sample)
+    if largest > SEED_RANGE.high:
+        raise FlowcacheError(f"seed {base_seed} is too large: video seeds are seed + {SEED_STRIDE}*prompt + sample, up to "
+                             f"{largest} here, and torch takes at most {SEED_RANGE.high}")
 
 
 def prompt_items(prompts: Sequence[Prompt], samples_per_prompt: int = VBENCH_SAMPLES_PER_PROMPT,
@@ -279,7 +286,7 @@ def prompt_items(prompts: Sequence[Prompt], samples_per_prompt: int = VBENCH_SAM
     """`samples_per_prompt` t2v videos per prompt, named f"{stem}-{i}.mp4", prompt-major."""
     if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or not 1 <= samples_per_prompt <= SEED_STRIDE:
         raise FlowcacheError(f"samples per prompt {samples_per_prompt!r} must be in 1..{SEED_STRIDE}")
-    _check_base_seed(base_seed)
+    _check_base_seed(base_seed, max((p.index for p in prompts), default=0), samples_per_prompt - 1)
     pairs = [(p, i) for p in prompts for i in range(samples_per_prompt)]
     return [WorkItem(k, p.text, f"{p.stem}-{i}.mp4", _seed(base_seed, p.index, i), p.index, i)
             for k, (p, i) in enumerate(pairs)]
@@ -291,7 +298,7 @@ def physicsiq_items(rows: Sequence[PhysicsIQRow], dataset_dir: str | os.PathLike
     conditioning video of the folder `choose_conditioning_fps` picks."""
     if mode not in PHYSICSIQ_MODES:
         raise FlowcacheError(f"PhysicsIQ mode {mode!r} unknown (allowed: {', '.join(PHYSICSIQ_MODES)})")
-    _check_base_seed(base_seed)
+    _check_base_seed(base_seed, max((r.index for r in rows), default=0), 0)
     root = Path(dataset_dir)
     fps = choose_conditioning_fps(conditioning_fps_folders(root), model_fps) if mode == "v2v" else None
     return [WorkItem(k, r.description, r.generated_video_name, _seed(base_seed, r.index, 0), r.index, 0, mode,
@@ -541,10 +548,12 @@ def init_distributed(shard: Shard, device: str) -> str:
     import torch
     import torch.distributed as dist
 
+    from flowcache_core.checks import check_device
+
     if not shard.distributed:
         return device
     if device == "cuda":
-        device = f"cuda:{shard.local_rank}"
+        device = check_device(f"cuda:{shard.local_rank}", "--device cuda on local rank")
     backend, bound = "gloo", {}
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(torch.device(device))

@@ -29,6 +29,7 @@ import numpy as np
 from flowcache_core.api import generate
 from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES, CacheConfig
+from flowcache_core.checks import check_seed
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write, atomic_write_text
 from flowcache_core.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
@@ -163,8 +164,12 @@ class SweepConfig:
     def validate(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise FlowcacheError("prompts must be a non-empty list of non-empty prompts")
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise FlowcacheError(f"seeds {self.seeds!r} must be a non-empty list of integers >= 0")
+        if not self.seeds:
+            raise FlowcacheError("seeds is empty; give at least one seed")
+        for s in self.seeds:
+            check_seed(s, "seed")
+            if self.seed_scale:  # `none` also runs at seed + SCALE_SEED_OFFSET
+                check_seed(s + SCALE_SEED_OFFSET, f"seed {s} + {SCALE_SEED_OFFSET} (the scale run's seed)")
         settings_grid(self.policies, self.reuse_modes, self.thresholds)
         for t in self.thresholds:
             if not math.isfinite(t) or t < 0:

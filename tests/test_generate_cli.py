@@ -264,6 +264,10 @@ BAD = {
                                   ["config.json", "flowcache.codec.scale", '"x"']),
     "bundle text encoder dim string": (["--checkpoint-dir", "{text_dim_string}", "--prompt", PROMPT],
                                        ["text_encoder.json", "config.dim: expected an integer", '"64"']),
+    "height not a patch multiple": (["--prompt", PROMPT, "--height", "68"], ["--height 68", "multiple of 8"]),
+    "width not a patch multiple": (["--prompt", PROMPT, "--width", "36"], ["--width 36", "multiple of 8"]),
+    "seed 2^70": (["--prompt", PROMPT, "--seed", str(2**70)], ["--seed", "1180591620717411303424", "18446744073709551615"]),
+    "num steps above the cap": (["--prompt", PROMPT, "--num-steps", "4000"], ["--num-steps", "less than or equal to 1000"]),
 }
 
 
@@ -334,3 +338,42 @@ def test_progress_formatting():
     e = ForwardEvent(11, [ChunkRecord(3, 9, 0.6, "compute", "threshold", 0.02, 0.0),
                           ChunkRecord(4, 5, 0.3, "reuse", "below_threshold", 0.004, 0.011)], 768, 2304, 2880, 0.1, 56)
     assert forward_line(e).plain == "fwd 12/56  c3 ■ .000 c4 □ .011   KV 2.3k/2.9k tokens, 80%"
+
+
+# ------------------------------------------------------------------------------------------ limits (issue 16)
+def test_num_frames_beyond_free_memory_is_refused_before_the_model_loads(tiny_bundle_dir, tmp_path, monkeypatch):
+    import flowcache_core.checks as checks
+
+    monkeypatch.setattr(checks, "available_memory_bytes", lambda: (8 * 2**30, "test machine"))
+    loaded = []
+    monkeypatch.setattr("flowcache_cli.generate.load_bundle", lambda *a, **k: loaded.append(a))
+    out = tmp_path / "out.mp4"
+    result = gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--num-frames", 1_000_000)
+    # 10^6 frames of 64x64x3 bytes (11.4 GiB) + their latents (45.8 GiB as float32)
+    check_one_line_error(result, out, ["--num-frames 1000000", "57.2 GiB", "8.0 GiB free (test machine)", "at most about"])
+    assert not loaded
+
+
+def test_api_refuses_what_the_cli_refuses(tiny_bundle_dir, monkeypatch):
+    """The checks live in the core: an API caller gets the same one-line FlowcacheError, not a crash inside."""
+    import flowcache_core.checks as checks
+    from flowcache_core.api import generate
+    from flowcache_core.bundle import load_bundle
+    from flowcache_core.errors import FlowcacheError
+
+    monkeypatch.setattr(checks, "available_memory_bytes", lambda: (8 * 2**30, "test machine"))
+    bundle = load_bundle(tiny_bundle_dir)
+    for kwargs, words in ((dict(height=68), "height 68 must be a multiple of 8"),
+                          (dict(seed=2**70), "seed: expected an integer in [0, 18446744073709551615]"),
+                          (dict(device="foo"), "device 'foo' is not a torch device"),
+                          (dict(num_frames=1_000_000), "num_frames 1000000 at 64x64 needs at least")):
+        with pytest.raises(FlowcacheError) as e:
+            generate(PROMPT, bundle=bundle, **kwargs)
+        assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_available_memory_is_read_from_this_machine():
+    from flowcache_core.checks import available_memory_bytes
+
+    free, source = available_memory_bytes()
+    assert free > 0 and source

@@ -183,6 +183,13 @@ def test_physicsiq_synthetic(tiny_bundle_dir, physicsiq_dir, tmp_path, mode):
     (["physicsiq", "--dataset-dir", "MISSING"], "does not exist"),
     (["physicsiq", "--dataset-dir", "TMP"], "descriptions.csv"),
     (["physicsiq", "--dataset-dir", "TMP", "--mode", "t2v"], "allowed: i2v, v2v"),
+    # issue 16 item 5: these gave a traceback (exit 1), or ran
+    (["vbench", "--device", "cuda:99"], "--device 'cuda:99'"),  # no CUDA, or fewer than 100 devices
+    (["vbench", "--device", "foo"], "--device 'foo' is not a torch device"),
+    (["vbench", "--seed", str(2**70)], "--seed: expected an integer in [0, 18446744073709551615]"),
+    (["vbench", "--seed", str(2**64 - 1)], "video seeds are seed + 1000*prompt + sample"),
+    (["vbench", "--num-frames", "0"], "--num-frames"),
+    (["vbench", "--num-steps", "5000"], "--num-steps"),
 ])  # fmt: skip
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     (tmp_path / "empty.txt").write_text("\n")
