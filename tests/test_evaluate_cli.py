@@ -164,3 +164,13 @@ def test_bad_device_is_one_line_even_without_lpips(tmp_path, ref_video, device, 
     r = invoke("--reference", ref_video, "--candidate", ref_video, "--no-lpips", "--device", device)
     assert r.exit_code == 2
     assert needle in one_error_line(r)
+
+
+def test_decompression_bomb_image_is_one_line(tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb, optimize=True)  # ~50 kB; 1.2 GB once decoded as RGB
+    r = invoke("--reference", bomb, "--candidate", bomb, "--no-lpips")
+    assert r.exit_code == 2
+    assert "20000x20000 (400,000,000 pixels), more than the 67,108,864 pixels allowed" in one_error_line(r)

@@ -192,6 +192,10 @@ def inputs(tmp_path_factory):
     (d / "unknown_key.json").write_text(json.dumps({"model_config": {}, "runtime_config": {"num_stepz": 4}}))
     for name, runtime in CONFIG_FILES.items():
         (d / f"{name}.json").write_text(json.dumps({"model_config": {}, "runtime_config": runtime, "engine_config": {}}))
+    from PIL import Image
+
+    # A decompression bomb: its header declares 20000x20000 pixels (1.2 GB as RGB); 1-bit, it is ~50 kB on disk.
+    Image.new("1", (20000, 20000)).save(d / "bomb.png", optimize=True)
     return d
 
 
@@ -264,6 +268,8 @@ BAD = {
                                   ["config.json", "flowcache.codec.scale", '"x"']),
     "bundle text encoder dim string": (["--checkpoint-dir", "{text_dim_string}", "--prompt", PROMPT],
                                        ["text_encoder.json", "config.dim: expected an integer", '"64"']),
+    "image decompression bomb": (["--mode", "i2v", "--image", "{inputs}/bomb.png"],
+                                 ["bomb.png", "20000x20000", "400,000,000 pixels", "67,108,864"]),
     "height not a patch multiple": (["--prompt", PROMPT, "--height", "68"], ["--height 68", "multiple of 8"]),
     "width not a patch multiple": (["--prompt", PROMPT, "--width", "36"], ["--width 36", "multiple of 8"]),
     "seed 2^70": (["--prompt", PROMPT, "--seed", str(2**70)], ["--seed", "1180591620717411303424", "18446744073709551615"]),
