@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
 VBENCH_SAMPLES_PER_PROMPT = 5  # VBench's protocol
@@ -126,18 +127,9 @@ def filter_dimensions(prompts: Sequence[Prompt], dimensions: Sequence[str]) -> l
 
 def read_prompt_file(path: str | os.PathLike) -> list[Prompt]:
     """One prompt a line (surrounding whitespace stripped, blank lines skipped, duplicates sampled once)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FlowcacheError(f"prompt file {path} does not exist" if not path.exists() else f"prompt file {path} is not a file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise FlowcacheError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise FlowcacheError(f"prompt file {path} is not readable: {e.strerror}") from None
-    unique = list(dict.fromkeys(ln.strip() for ln in lines if ln.strip()))
-    if not unique:
-        raise FlowcacheError(f"prompt file {path} has no prompts (expected one prompt a line)")
+    from flowcache_core.fileio import read_prompt_lines
+
+    unique = list(dict.fromkeys(read_prompt_lines(path)))
     taken: set[str] = set()
     return [Prompt(i, p, safe_stem(p, CUSTOM_MAX_STEM_BYTES, taken)) for i, p in enumerate(unique)]
 
@@ -180,7 +172,7 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
         raise FlowcacheError(f"PhysicsIQ dataset dir {root} has no descriptions.csv "
                              "(expected the PhysicsIQ layout: descriptions.csv, switch-frames/, split-videos/)")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte order mark is no column name
             reader = csv.DictReader(f)
             missing = [c for c in PHYSICSIQ_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -189,6 +181,7 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
     except (UnicodeDecodeError, csv.Error) as e:
         raise FlowcacheError(f"{csv_path} is not a readable CSV: {e}") from None
     rows: list[PhysicsIQRow] = []
+    line_of_output: dict[str, int] = {}  # two rows writing one video: the second would be skipped as "already there"
     for line, r in enumerate(raw, start=2):
         m = _SCENARIO.match(r["scenario"] or "")
         if not m:
@@ -199,6 +192,10 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
         out = r["generated_video_name"] or ""
         if _UNSAFE.search(out) or out.startswith(".") or not out.endswith(".mp4"):
             raise FlowcacheError(f"{csv_path} line {line}: generated_video_name {out!r} must be a plain '*.mp4' file name")
+        if out in line_of_output:
+            raise FlowcacheError(f"{csv_path} line {line}: generated_video_name {out!r} is already the output of line "
+                                 f"{line_of_output[out]} (each take-1 row needs its own)")
+        line_of_output[out] = line
         rows.append(PhysicsIQRow(len(rows), r["scenario"], r["description"] or "", r.get("category") or "", out,
                                  m.group(1), m.group(2), m.group(4)))
     if not rows:
@@ -446,7 +443,11 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     summary = SamplingSummary(removed_temp_files=_remove_stale_temps(out, {it.file for it in items}))
     cache_dict = dataclasses.asdict(settings.cache)
     t_start = time.perf_counter()
-    with open(manifest_path(out, rank), "a", encoding="utf-8") as manifest:
+    try:
+        manifest = open(manifest_path(out, rank), "a", encoding="utf-8")
+    except OSError as e:  # e.g. a folder of that name
+        raise FlowcacheError(f"cannot append to manifest {manifest_path(out, rank)}: {e.strerror}") from None
+    with manifest:
         for n, item in enumerate(items, start=1):
             path = out / item.file
             summary.files.append(item.file)
@@ -490,6 +491,34 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     return summary
 
 
+def _manifest_records(part: Path) -> list[dict]:
+    """The records of a `manifest.rank{r}.jsonl`, each checked: an object whose "file" is a plain file
+    name and whose "finished_at", if present, a number. A line that is not JSON was cut by a killed process and
+    is skipped; a JSON line of another shape was written by something else, and is refused."""
+    try:
+        text = part.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FlowcacheError(f"manifest {part} is not UTF-8 text (expected one JSON object a line)") from None
+    except OSError as e:
+        raise FlowcacheError(f"manifest {part} is not readable: {e.strerror}") from None
+    found = []
+    for number, ln in enumerate(text.splitlines(), start=1):
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:  # a line cut by a killed process
+            continue
+        file = rec.get("file") if isinstance(rec, dict) else None
+        if not isinstance(file, str) or not file or _UNSAFE.search(file):
+            raise FlowcacheError(f"manifest {part} line {number}: expected an object with \"file\" a plain file name, "
+                                 f"got {shown(rec)} (remove the line, or the file, to rebuild it)")
+        finished = rec.get("finished_at", 0)
+        if isinstance(finished, bool) or not isinstance(finished, (int, float)):
+            raise FlowcacheError(f"manifest {part} line {number}: \"finished_at\" expected a number (a time), got "
+                                 f"{shown(finished)} (remove the line to rebuild it)")
+        found.append(rec)
+    return found
+
+
 def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], meta: Mapping | None = None) -> Path:
     """Fold every `manifest.rank*.jsonl` of `output_dir` into `manifest.json` (atomic write).
 
@@ -502,15 +531,10 @@ def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], me
     out = Path(output_dir)
     records: dict[str, dict] = {}
     for part in sorted(out.glob("manifest.rank*.jsonl")):
-        for ln in part.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(ln)
-            except json.JSONDecodeError:  # a line cut by a killed process
-                continue
-            if isinstance(rec, dict) and "file" in rec:
-                old = records.get(rec["file"])
-                if old is None or rec.get("finished_at", 0) >= old.get("finished_at", 0):
-                    records[rec["file"]] = rec
+        for rec in _manifest_records(part):
+            old = records.get(rec["file"])
+            if old is None or rec.get("finished_at", 0) >= old.get("finished_at", 0):
+                records[rec["file"]] = rec
     videos = {f: r for f, r in records.items() if (out / f).is_file()}
     for it in items:
         if it.file not in videos and (out / it.file).is_file():

@@ -31,7 +31,7 @@ from flowcache_core.bundle import Bundle, load_bundle
 from flowcache_core.cache.policy import POLICY_NAMES, REUSE_MODES, CacheConfig
 from flowcache_core.checks import check_seed
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write, atomic_write_text
+from flowcache_core.fileio import atomic_write, atomic_write_text, read_prompt_lines
 from flowcache_core.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
 from flowcache_core.world import held_out_single_object_captions
 
@@ -123,17 +123,7 @@ def settings_grid(policies: list[str], reuse_modes: list[str], thresholds: list[
 
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise FlowcacheError(f"prompt file {str(p)!r} does not exist")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"prompt file {str(p)!r} cannot be read as UTF-8 text ({type(e).__name__})") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    if not prompts:
-        raise FlowcacheError(f"prompt file {str(p)!r} holds no prompts (one per line)")
-    return prompts
+    return read_prompt_lines(path, comments=True)
 
 
 def default_prompts(n: int) -> list[str]:
