@@ -9,7 +9,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from flowcache_cli._common import fmt_number, OneLineUsageErrors, console, err_console, user_errors
-from flowcache_core.api import check_device
+from flowcache_core.checks import check_device
 from flowcache_core.eval.evaluate import EvaluationResult, evaluate
 
 

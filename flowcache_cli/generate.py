@@ -22,7 +22,8 @@ from flowcache_cli._common import (
     split_options, user_errors,
 )  # fmt: skip
 from flowcache_cli.progress import ProgressView, summary_table
-from flowcache_core.api import MODES, check_device, generate, load, resolve
+from flowcache_core.api import MODES, generate, load, resolve
+from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, policy_names
 from flowcache_core.engine.events import ForwardEvent
 from flowcache_core.errors import FlowcacheError
@@ -67,6 +68,8 @@ class JsonLog:
 
 
 # ------------------------------------------------------------------------------------------ the command
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in ("seed", "num_steps", "num_frames", "height", "width")}
+
 def generate_cmd(
     output_path: Path = typer.Option(..., "--output-path", help="The mp4 to write (its folder must exist)."),
     mode: str = typer.Option("t2v", "--mode", help=f"One of {', '.join(MODES)}: text-, image-, video-to-video."),
@@ -81,7 +84,7 @@ def generate_cmd(
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle or an official MAGI-1 release root; default: the shipped model."),
     variant: Optional[str] = typer.Option(None, "--variant", help="MAGI-1 release variant (4.5B_distill, 24B_base, ...); default: the only one present."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Noise seed (default: the config's)."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, help="Denoising steps per chunk."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS, help="Denoising steps per chunk."),
     num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames to generate (v2v: after the prefix)."),
     height: Optional[int] = typer.Option(None, "--height", min=1, help="Pixels."),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Pixels."),
@@ -116,11 +119,13 @@ def generate_cmd(
     if mode == "v2v" and prefix_video is None:
         raise FlowcacheError("--mode v2v needs --prefix-video")
     check_device(device, "--device")
+    if seed is not None:
+        check_seed(seed, "--seed")
     cache_options, family_options = split_options(options)
     request = resolve(prompt, mode=mode, cache=CacheConfig(check_policy_flag(cache), **cache_options),
                       checkpoint_dir=checkpoint_dir, variant=variant, config_file=config_file, device=device,
                       attn_backend=attn_backend, seed=seed, num_steps=num_steps, num_frames=num_frames,
-                      height=height, width=width, **family_options)
+                      height=height, width=width, spelled=FLAG_NAMES, **family_options)
     image_px = read_image(image) if image is not None else None
     prefix_px = read_video(prefix_video)[0] if prefix_video is not None else None
     request.family.check_inputs(request.config, mode, image_px, prefix_px)

@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flowcache_cli._common import (
     OneLineUsageErrors, cache_flag_fields, check_policy_flag, console, err_console, option_flags, user_errors,
 )  # fmt: skip
-from flowcache_core.api import check_device, load, resolve
+from flowcache_core.api import load, resolve
 from flowcache_core.cache.settings import CacheConfig, policy_names
+from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.eval import benchmarks as bm
 
@@ -25,7 +26,7 @@ from flowcache_core.eval import benchmarks as bm
 OUTPUT_DIR = typer.Option(..., "--output-dir", help="Folder for the videos and manifest.json (created if missing).")
 CACHE = typer.Option("none", "--cache", help=f"Cache policy: {', '.join(policy_names())} (none = uncached reference).")
 CHECKPOINT = typer.Option(None, "--checkpoint-dir", help="Model bundle folder (default: the shipped default model).")
-STEPS = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's).")
+STEPS = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS, help="Denoising steps per chunk (default: the model's).")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun, cuda means cuda:LOCAL_RANK).")
 SEED = typer.Option(0, "--seed", help=f"Base seed: video i of prompt p uses seed + {bm.SEED_STRIDE}*p + i.")
 SHARD = typer.Option(None, "--shard", help="Take work items k with k % n == i ('i/n'). Under torchrun: RANK/WORLD_SIZE.")
@@ -89,13 +90,14 @@ def vbench_cmd(
         None, "--prompt-file", help="A custom prompt list (one a line) instead of VBench's; names are sanitised."),
     samples_per_prompt: int = typer.Option(
         bm.VBENCH_SAMPLES_PER_PROMPT, "--samples-per-prompt", help="Videos per prompt, named {prompt}-{i}.mp4."),
-    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video (default: the model's)."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", min=1, help="Frames per video (default: the model's)."),
     cache: str = CACHE, checkpoint_dir: Optional[Path] = CHECKPOINT,
     num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
     limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET, options: dict = None,
 ) -> None:
     """VBench: every unique prompt (or those of --dimension) x --samples-per-prompt, as {prompt}-{i}.mp4."""
     the_shard = bm.resolve_shard(shard)
+    check_seed(seed, "--seed")
     if prompt_file is not None and dimension:
         raise FlowcacheError("--dimension filters VBench's prompt list; a --prompt-file has no dimensions")
     if dimension is not None and any(not d.strip() for d in dimension):
@@ -117,13 +119,14 @@ def physicsiq_cmd(
     output_dir: Path = OUTPUT_DIR,
     mode: str = typer.Option("v2v", "--mode", help="v2v: continue the 3 s conditioning video; i2v: start from the switch frame."),
     num_frames: Optional[int] = typer.Option(
-        None, "--num-frames", help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
+        None, "--num-frames", min=1, help="Frames to generate (default and minimum: 5 s at the model's fps; trimmed to 5 s)."),
     cache: str = CACHE, checkpoint_dir: Optional[Path] = CHECKPOINT,
     num_steps: Optional[int] = STEPS, device: str = DEVICE, seed: int = SEED, shard: Optional[str] = SHARD,
     limit: Optional[int] = LIMIT, lossless: bool = LOSSLESS, quiet: bool = QUIET, options: dict = None,
 ) -> None:
     """PhysicsIQ: one video per take-1 scenario, named by generated_video_name, exactly 5 s at the model's fps."""
     the_shard = bm.resolve_shard(shard)
+    check_seed(seed, "--seed")
     if mode not in bm.PHYSICSIQ_MODES:
         raise FlowcacheError(f"--mode {mode!r} unknown for PhysicsIQ (allowed: {', '.join(bm.PHYSICSIQ_MODES)})")
     rows = bm.read_physicsiq(dataset_dir)

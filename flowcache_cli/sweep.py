@@ -15,9 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flowcache_cli._common import fmt_number, OneLineUsageErrors, console, err_console, user_errors
-from flowcache_core.api import check_device, load, resolve
+from flowcache_core.api import load, resolve
 from flowcache_core.cache.policy import REUSE_MODES
 from flowcache_core.cache.registry import POLICIES
+from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.eval.sweep import (
     DEFAULT_THRESHOLDS, SweepConfig, SweepResult, check_output_dir, default_prompts, pareto_plot, parse_choices,
@@ -48,7 +49,8 @@ def sweep_cmd(
     thresholds: str = typer.Option(",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS), "--thresholds",
                                    help="Comma-separated rel_l1_thresh values >= 0, used for teacache and flowcache."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Always-computed steps (default: the model's)."),
-    num_steps: Optional[int] = typer.Option(None, "--num-steps", help="Denoising steps per chunk (default: the model's)."),
+    num_steps: Optional[int] = typer.Option(None, "--num-steps", min=1, max=MAX_NUM_STEPS,
+                                            help="Denoising steps per chunk (default: the model's)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated sampling seeds; every setting runs every seed."),
     policies: str = typer.Option(",".join(POLICIES), "--policies", help=f"Subset of {','.join(POLICIES)} (none always runs)."),
     reuse_modes: str = typer.Option(",".join(REUSE_MODES), "--reuse-modes",
@@ -64,12 +66,12 @@ def sweep_cmd(
     """Run every cache setting on the same prompts and seeds, compare with none, recommend the fastest above a floor."""
     if warmup_steps is not None and warmup_steps < 0:
         raise FlowcacheError(f"--warmup-steps {warmup_steps} must be >= 0")
-    if num_steps is not None and num_steps < 1:
-        raise FlowcacheError(f"--num-steps {num_steps} must be >= 1")
     thr = parse_float_list(thresholds, "--thresholds")
     pol = parse_choices(policies, tuple(POLICIES), "--policies")
     modes = parse_choices(reuse_modes, REUSE_MODES, "--reuse-modes")
     sds = parse_int_list(seeds, "--seeds")
+    for s in sds:
+        check_seed(s, "--seeds value")
     texts = read_prompt_file(prompt_file) if prompt_file is not None else default_prompts(prompts)
     cfg = SweepConfig(texts, sds, thr, pol, modes, warmup_steps=warmup_steps, num_steps=num_steps,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, device=device,

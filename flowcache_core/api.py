@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from flowcache_core.cache.kv import KVStore
+from flowcache_core.checks import check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
 from flowcache_core.engine.events import RunRecord
 from flowcache_core.engine.family import Bundle, Family, find_family
@@ -57,21 +58,6 @@ class GenerationResult:
     events: list = field(default_factory=list)
 
 
-def check_device(device: str, name: str = "device") -> str:
-    """cpu, cuda or cuda:N that this machine has (`name`: how the error line calls the setting, e.g. --device)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise FlowcacheError(f"{name} {device!r} is not a torch device (allowed: cpu, cuda, cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FlowcacheError(f"{name} {device!r} is not supported (allowed: cpu, cuda, cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlowcacheError(f"{name} {device!r} asked for but CUDA is not available here (use cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise FlowcacheError(f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 def read_config_file(path: str | os.PathLike) -> dict:
     """A config file: a JSON object (MAGI-1 schema for MAGI-1 models; `flowcache.cache_defaults` for cache options)."""
     p = Path(path)
@@ -94,18 +80,21 @@ def _cache_defaults(data: dict | None) -> Any:
 def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = None,
             checkpoint_dir: str | os.PathLike | None = None, variant: str | None = None,
             config_file: str | os.PathLike | None = None, bundle: Bundle | None = None, device: str = "cpu",
-            attn_backend: str = "sdpa", **options: Any) -> Request:
+            attn_backend: str = "sdpa", spelled: dict[str, str] | None = None, **options: Any) -> Request:
     """Every default resolved in one place, in this order (later wins): built-in defaults < the checkpoint's
     config and `cache_defaults` < the config file < the arguments given here. `options`: num_steps, num_frames,
-    height, width, seed and the family's own (e.g. cfg_number for MAGI-1); None = not given."""
+    height, width, seed and the family's own (e.g. cfg_number for MAGI-1); None = not given. `spelled`: how error
+    lines name an option the caller gave (the CLI: {"height": "--height", ...}); default the option's own name."""
     from flowcache_core.models.attention import check_backend
 
     if mode not in MODES:
         raise FlowcacheError(f"mode {mode!r} unknown (allowed: {', '.join(MODES)})")
     if mode == "t2v" and not prompt.strip():
         raise FlowcacheError("prompt is empty; t2v needs a prompt (i2v/v2v may run without one)")
-    check_device(device)
+    check_device(device, "device")
     check_backend(attn_backend)
+    if options.get("seed") is not None:
+        check_seed(options["seed"], "seed")
     if bundle is not None:
         family, path, base = FAMILIES[bundle.family], bundle.path, bundle.config
     else:
@@ -113,7 +102,7 @@ def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = 
         base = family.read_config(path, variant)
     file_data = read_config_file(config_file) if config_file is not None else None
     source = f"config file {str(config_file)!r}"
-    config = family.apply(base, file_data, source, **options)
+    config = family.apply(base, file_data, source, spelled=spelled or {}, **options)
     resolved = resolve_cache(cache, [("the model's config.json", family.cache_defaults(config)),
                                      (source, _cache_defaults(file_data))])
     resolved.kv.validate_for(family.window_size(config))

@@ -1,5 +1,6 @@
 """Writing files so that nothing already there is lost: a temp file beside the destination, renamed onto it
-only when complete, with the permissions a plain `open()` would give (mkstemp and safetensors make 0600)."""
+only when complete, with the permissions a plain `open()` would give (mkstemp and safetensors make 0600).
+Reading the one text input every prompt-taking command shares: `read_prompt_lines`."""
 from __future__ import annotations
 
 import contextlib
@@ -66,3 +67,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except OSError as e:
         raise FlowcacheError(f"cannot write {path}: {e.strerror}") from None
     return path
+
+
+MAX_PROMPT_FILE_BYTES = 16 * 2**20  # VBench's 946 prompts take 100 kB; more than this is not a prompt list
+
+
+def read_prompt_lines(path: str | os.PathLike, comments: bool = False) -> list[str]:
+    """The prompts of a text file, one a line, stripped, blank lines skipped (and lines starting with '#' when
+    `comments`). A UTF-8 byte order mark is dropped. One-line FlowcacheError for a missing, unreadable, binary
+    or oversized file, or one without prompts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowcacheError(f"prompt file {path} does not exist" if not path.exists() else f"prompt file {path} is not a file")
+    size = path.stat().st_size
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise FlowcacheError(f"prompt file {path} is {size / 2**20:.1f} MiB; a prompt file is text, one prompt a line, "
+                             f"at most {MAX_PROMPT_FILE_BYTES // 2**20} MiB")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FlowcacheError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise FlowcacheError(f"prompt file {path} is not readable: {e.strerror}") from None
+    if "\x00" in text:
+        raise FlowcacheError(f"prompt file {path} holds NUL bytes: not a text file")
+    lines = [ln.strip() for ln in text.splitlines()]
+    prompts = [ln for ln in lines if ln and not (comments and ln.startswith("#"))]
+    if not prompts:
+        raise FlowcacheError(f"prompt file {path} has no prompts (expected one prompt a line)")
+    return prompts

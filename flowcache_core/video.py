@@ -202,17 +202,48 @@ def count_frames(path: str | os.PathLike) -> int:
 # Images
 
 
+# Largest image read_image decodes: 8192 x 8192 (64 Mi pixels, 192 MiB as RGB), below PIL's own decompression-bomb
+# limit (89.5 M pixels: a warning, twice that: an error), which would otherwise speak first, in several lines.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _open_image(path: Path):
+    """PIL image of `path` with only its header read. PIL's own bomb check is off for this one open, so that an
+    oversized image reaches read_image's size check (with its size) instead of failing inside PIL."""
+    from PIL import Image
+
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG/JPEG/BMP/WebP image as uint8 (H, W, 3) RGB (alpha dropped, grey expanded)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read a PNG/JPEG/BMP/WebP image as uint8 (H, W, 3) RGB (alpha dropped, grey expanded).
+    Images over MAX_IMAGE_PIXELS are refused from their header, before any pixel is decoded."""
+    from PIL import UnidentifiedImageError
 
     path = _check_input_path(path, "image")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+
+    def unreadable(e: Exception) -> FlowcacheError:
         reason = "not a recognised image" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
-        raise FlowcacheError(f"image {path} is not readable: {reason}") from None
+        return FlowcacheError(f"image {path} is not readable: {reason}")
+
+    try:
+        im = _open_image(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise unreadable(e) from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise FlowcacheError(f"image {path} is {w}x{h} ({w * h:,} pixels), more than the {MAX_IMAGE_PIXELS:,} pixels "
+                                 "allowed (8192x8192); resize it first")
+        try:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except (OSError, SyntaxError, ValueError) as e:  # a truncated or corrupt body
+            raise unreadable(e) from None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

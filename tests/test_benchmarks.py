@@ -253,3 +253,24 @@ def test_physicsiq_items(tmp_path):
     (i2v[1].image).unlink()
     with pytest.raises(FlowcacheError, match="does not exist"):
         bm.check_inputs(i2v)
+
+
+def test_physicsiq_csv_with_byte_order_mark(tmp_path):
+    """A spreadsheet saves UTF-8 with a BOM: the first column was then '\\ufeffscenario', 'missing'."""
+    write_physicsiq(tmp_path, [("0001", "perspective-left", "trimmed-ball")], fps_folders=(8,))
+    csv_path = tmp_path / "descriptions.csv"
+    csv_path.write_bytes(csv_path.read_text(encoding="utf-8").encode("utf-8-sig"))
+    assert [r.generated_video_name for r in bm.read_physicsiq(tmp_path)] == ["0001_perspective-left_trimmed-ball.mp4"]
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"file": ["a.mp4"]}', '"file" a plain file name'),
+    ('{"file": "../a.mp4"}', '"file" a plain file name'),
+    ('[1, 2]', '"file" a plain file name'),
+    ('{"file": "a.mp4", "finished_at": "yesterday"}', '"finished_at" expected a number'),
+])  # fmt: skip
+def test_manifest_lines_of_the_wrong_shape(tmp_path, line, needle):
+    (tmp_path / "manifest.rank0.jsonl").write_text('{"file": "b.mp4", "finished_at": 1}\n' + line + "\n")
+    with pytest.raises(FlowcacheError, match="manifest .*manifest.rank0.jsonl line 2") as e:
+        bm.merge_manifests(tmp_path, [])
+    assert needle in str(e.value)

@@ -78,9 +78,9 @@ def test_resolution_order_builtin_model_file_given():
 def test_an_option_of_another_policy_is_an_error_not_ignored():
     with pytest.raises(FlowcacheError, match=r"rel_l1_thresh applies to cache teacache, flowcache, not 'none'"):
         resolve_cache(CacheConfig("none", rel_l1_thresh=0.1))
-    with pytest.raises(FlowcacheError, match=r"model: cache_defaults key 'stride' is unknown"):
+    with pytest.raises(FlowcacheError, match=r"model: flowcache.cache_defaults: key 'stride' is unknown"):
         resolve_cache(CacheConfig("none"), [("model", {"stride": 1})])
-    with pytest.raises(FlowcacheError, match=r"model: cache_defaults.warmup_steps=-2 must be an integer >= 0"):
+    with pytest.raises(FlowcacheError, match=r"model: flowcache.cache_defaults.warmup_steps=-2 must be an integer >= 0"):
         resolve_cache(CacheConfig("flowcache"), [("model", {"warmup_steps": -2})])
 
 

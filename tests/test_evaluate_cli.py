@@ -155,3 +155,22 @@ def test_images(tmp_path):
     r = invoke("--reference", a, "--candidate", b, "--no-lpips")
     assert r.exit_code == 0, r.output
     assert "a.png" in r.output
+
+
+@pytest.mark.parametrize("device, needle", [("foo", "--device 'foo' is not a torch device"),
+                                            ("cuda:99", "--device 'cuda:99'"), ("mps", "--device 'mps' is not supported")])
+def test_bad_device_is_one_line_even_without_lpips(tmp_path, ref_video, device, needle):
+    """The device was only looked at when LPIPS weights were found: `--device foo` passed unnoticed."""
+    r = invoke("--reference", ref_video, "--candidate", ref_video, "--no-lpips", "--device", device)
+    assert r.exit_code == 2
+    assert needle in one_error_line(r)
+
+
+def test_decompression_bomb_image_is_one_line(tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb, optimize=True)  # ~50 kB; 1.2 GB once decoded as RGB
+    r = invoke("--reference", bomb, "--candidate", bomb, "--no-lpips")
+    assert r.exit_code == 2
+    assert "20000x20000 (400,000,000 pixels), more than the 67,108,864 pixels allowed" in one_error_line(r)

@@ -167,7 +167,20 @@ def bad_bundles(tiny_bundle_dir, tmp_path_factory):
     cfg["model_config"]["hidden_size"] *= 2  # config and weights disagree (heads * kv_channels kept consistent)
     cfg["model_config"]["kv_channels"] *= 2
     (mismatch / "config.json").write_text(json.dumps(cfg))
-    return {"corrupt": corrupt, "mismatch": mismatch}
+    bundles = {"corrupt": corrupt, "mismatch": mismatch}
+
+    def edited(name: str, file: str, edit) -> None:  # a copy of the tiny bundle with one JSON file edited
+        copy = Path(shutil.copytree(tiny_bundle_dir, d / name))
+        data = json.loads((copy / file).read_text())
+        edit(data)
+        (copy / file).write_text(json.dumps(data))
+        bundles[name] = copy
+
+    edited("seed_string", "config.json", lambda c: c["runtime_config"].update(seed="abc"))
+    edited("cache_defaults_string", "config.json", lambda c: c["flowcache"].update(cache_defaults="fast"))
+    edited("codec_scale_string", "config.json", lambda c: c["flowcache"]["codec"].update(scale="x"))
+    edited("text_dim_string", "text_encoder.json", lambda m: m["config"].update(dim="64"))
+    return bundles
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +190,28 @@ def inputs(tmp_path_factory):
     write_video(d / "short.mp4", smooth_frames(2), 12, lossless=True)
     write_image(d / "small.png", smooth_frames(1, h=32, w=32)[0])
     (d / "unknown_key.json").write_text(json.dumps({"model_config": {}, "runtime_config": {"num_stepz": 4}}))
+    for name, runtime in CONFIG_FILES.items():
+        (d / f"{name}.json").write_text(json.dumps({"model_config": {}, "runtime_config": runtime, "engine_config": {}}))
+    from PIL import Image
+
+    # A decompression bomb: its header declares 20000x20000 pixels (1.2 GB as RGB); 1-bit, it is ~50 kB on disk.
+    Image.new("1", (20000, 20000)).save(d / "bomb.png", optimize=True)
     return d
+
+
+# --config-file runtime_config objects with a wrong type or range (each one gave a traceback)
+CONFIG_FILES = {
+    "seed_string": {"seed": "abc"},
+    "seed_2_70": {"seed": 2**70},
+    "clean_t_string": {"clean_t": "0.5"},
+    "clean_t_range": {"clean_t": 1.5},
+    "text_scales_null": {"text_scales": None},
+    "text_scales_nulls": {"text_scales": [None] * 5},
+    "kvrange_strings": {"noise2clean_kvrange": ["a"]},
+    "kvrange_zero": {"noise2clean_kvrange": [5, 0, 3, 2]},
+    "cfg_t_range_strings": {"cfg_t_range": ["0", "0.1", "0.2", "0.3", "0.9"]},
+    "num_frames_bool": {"num_frames": True},
+}
 
 
 BAD = {
@@ -205,6 +239,41 @@ BAD = {
     "not a number": (["--prompt", PROMPT, "--num-steps", "many"], ["--num-steps"]),
     "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["num_steps 6", "window_size"]),
     "config file unknown key": (["--prompt", PROMPT, "--config-file", "{inputs}/unknown_key.json"], ["num_stepz"]),
+    # issue 16 item 5: each of these gave a traceback (exit 1)
+    "config seed string": (["--prompt", PROMPT, "--config-file", "{inputs}/seed_string.json"],
+                           ["seed_string.json", "runtime_config.seed: expected an integer", '"abc"']),
+    "config seed 2^70": (["--prompt", PROMPT, "--config-file", "{inputs}/seed_2_70.json"],
+                         ["runtime_config.seed", "[0, 18446744073709551615]", "1180591620717411303424"]),
+    "config clean_t string": (["--prompt", PROMPT, "--config-file", "{inputs}/clean_t_string.json"],
+                              ["runtime_config.clean_t: expected a number in (0, 1]", '"0.5"']),
+    "config clean_t range": (["--prompt", PROMPT, "--config-file", "{inputs}/clean_t_range.json"],
+                             ["runtime_config.clean_t", "(0, 1]", "1.5"]),
+    "config text_scales null": (["--prompt", PROMPT, "--config-file", "{inputs}/text_scales_null.json"],
+                                ["runtime_config.text_scales: expected a list of numbers, got null"]),
+    "config text_scales [null]": (["--prompt", PROMPT, "--config-file", "{inputs}/text_scales_nulls.json"],
+                                  ["runtime_config.text_scales[0]: expected a number, got null"]),
+    "config kv range strings": (["--prompt", PROMPT, "--config-file", "{inputs}/kvrange_strings.json"],
+                                ["runtime_config.noise2clean_kvrange[0]: expected an integer >= 1", '"a"']),
+    "config kv range zero": (["--prompt", PROMPT, "--config-file", "{inputs}/kvrange_zero.json"],
+                             ["runtime_config.noise2clean_kvrange[1]", ">= 1", "got 0"]),
+    "config cfg_t_range strings": (["--prompt", PROMPT, "--config-file", "{inputs}/cfg_t_range_strings.json"],
+                                   ["runtime_config.cfg_t_range[0]", "number"]),
+    "config num_frames bool": (["--prompt", PROMPT, "--config-file", "{inputs}/num_frames_bool.json"],
+                               ["runtime_config.num_frames: expected an integer", "true"]),
+    "bundle config seed string": (["--checkpoint-dir", "{seed_string}", "--prompt", PROMPT],
+                                  ["config.json", "runtime_config.seed", '"abc"']),
+    "bundle cache_defaults string": (["--checkpoint-dir", "{cache_defaults_string}", "--prompt", PROMPT],
+                                     ["config.json", "flowcache.cache_defaults: expected an object", '"fast"']),
+    "bundle codec scale string": (["--checkpoint-dir", "{codec_scale_string}", "--prompt", PROMPT],
+                                  ["config.json", "flowcache.codec.scale", '"x"']),
+    "bundle text encoder dim string": (["--checkpoint-dir", "{text_dim_string}", "--prompt", PROMPT],
+                                       ["text_encoder.json", "config.dim: expected an integer", '"64"']),
+    "image decompression bomb": (["--mode", "i2v", "--image", "{inputs}/bomb.png"],
+                                 ["bomb.png", "20000x20000", "400,000,000 pixels", "67,108,864"]),
+    "height not a patch multiple": (["--prompt", PROMPT, "--height", "68"], ["--height 68", "multiple of 8"]),
+    "width not a patch multiple": (["--prompt", PROMPT, "--width", "36"], ["--width 36", "multiple of 8"]),
+    "seed 2^70": (["--prompt", PROMPT, "--seed", str(2**70)], ["--seed", "1180591620717411303424", "18446744073709551615"]),
+    "num steps above the cap": (["--prompt", PROMPT, "--num-steps", "4000"], ["--num-steps", "less than or equal to 1000"]),
 }
 
 
@@ -302,3 +371,42 @@ def test_api_and_cli_resolve_the_same_request(tiny_bundle_dir, tmp_path):
     assert (api.cache.config.warmup_steps, api.cache.config.rel_l1_thresh) == (1, 0.2)
     assert api.cache.config.reuse == bundle_cfg["flowcache"]["cache_defaults"]["reuse"]
     assert len({c["step"] for line in read_log(log) for c in line["chunks"]}) == 4
+
+
+# ------------------------------------------------------------------------------------------ limits (issue 16)
+def test_num_frames_beyond_free_memory_is_refused_before_the_model_loads(tiny_bundle_dir, tmp_path, monkeypatch):
+    import flowcache_core.checks as checks
+
+    monkeypatch.setattr(checks, "available_memory_bytes", lambda: (8 * 2**30, "test machine"))
+    loaded = []
+    monkeypatch.setattr("flowcache_cli.generate.load", lambda *a, **k: loaded.append(a))
+    out = tmp_path / "out.mp4"
+    result = gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--num-frames", 1_000_000)
+    # 10^6 frames of 64x64x3 bytes (11.4 GiB) + their latents (45.8 GiB as float32)
+    check_one_line_error(result, out, ["--num-frames 1000000", "57.2 GiB", "8.0 GiB free (test machine)", "at most about"])
+    assert not loaded
+
+
+def test_api_refuses_what_the_cli_refuses(tiny_bundle_dir, monkeypatch):
+    """The checks live in the core: an API caller gets the same one-line FlowcacheError, not a crash inside."""
+    import flowcache_core.checks as checks
+    from flowcache_core.api import generate
+    from flowcache_core.models.magi1.bundle import load_bundle
+    from flowcache_core.errors import FlowcacheError
+
+    monkeypatch.setattr(checks, "available_memory_bytes", lambda: (8 * 2**30, "test machine"))
+    bundle = load_bundle(tiny_bundle_dir)
+    for kwargs, words in ((dict(height=68), "height 68 must be a multiple of 8"),
+                          (dict(seed=2**70), "seed: expected an integer in [0, 18446744073709551615]"),
+                          (dict(device="foo"), "device 'foo' is not a torch device"),
+                          (dict(num_frames=1_000_000), "num_frames 1000000 at 64x64 needs at least")):
+        with pytest.raises(FlowcacheError) as e:
+            generate(PROMPT, bundle=bundle, **kwargs)
+        assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_available_memory_is_read_from_this_machine():
+    from flowcache_core.checks import available_memory_bytes
+
+    free, source = available_memory_bytes()
+    assert free > 0 and source

@@ -185,10 +185,27 @@ def test_physicsiq_synthetic(tiny_bundle_dir, physicsiq_dir, tmp_path, mode):
     (["physicsiq", "--dataset-dir", "MISSING"], "does not exist"),
     (["physicsiq", "--dataset-dir", "TMP"], "descriptions.csv"),
     (["physicsiq", "--dataset-dir", "TMP", "--mode", "t2v"], "allowed: i2v, v2v"),
+    # issue 16 item 5: these gave a traceback (exit 1), or ran
+    (["vbench", "--device", "cuda:99"], "--device 'cuda:99'"),  # no CUDA, or fewer than 100 devices
+    (["vbench", "--device", "foo"], "--device 'foo' is not a torch device"),
+    (["vbench", "--seed", str(2**70)], "--seed: expected an integer in [0, 18446744073709551615]"),
+    (["vbench", "--seed", str(2**64 - 1)], "video seeds are seed + 1000*prompt + sample"),
+    (["vbench", "--num-frames", "0"], "--num-frames"),
+    (["vbench", "--num-steps", "5000"], "--num-steps"),
+    (["vbench", "--prompt-file", "NUL"], "NUL bytes"),
+    (["physicsiq", "--dataset-dir", "DUPLICATE"], "is already the output of line 2"),
 ])  # fmt: skip
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     (tmp_path / "empty.txt").write_text("\n")
-    subs = {"EMPTY": tmp_path / "empty.txt", "MISSING": tmp_path / "missing", "TMP": tmp_path}
+    (tmp_path / "nul.txt").write_bytes(b"a red ball\n" + b"\x00" * 64)
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    (dup / "descriptions.csv").write_text(
+        "scenario,description,category,generated_video_name\n"
+        "0001_perspective-left_take-1_ball.mp4,a ball,Solid,0001_ball.mp4\n"
+        "0002_perspective-left_take-1_cup.mp4,a cup,Solid,0001_ball.mp4\n")
+    subs = {"EMPTY": tmp_path / "empty.txt", "MISSING": tmp_path / "missing", "TMP": tmp_path,
+            "NUL": tmp_path / "nul.txt", "DUPLICATE": dup}
     r = invoke(*[subs.get(a, a) for a in args], "--output-dir", tmp_path / "out")
     assert r.exit_code == 2
     assert needle in one_error_line(r)
@@ -198,3 +215,23 @@ def test_bad_input_one_line_exit_2(tmp_path, args, needle):
 def test_missing_dimension_value_exits_2(tmp_path):
     r = invoke("vbench", "--output-dir", tmp_path, "--dimension")
     assert r.exit_code == 2 and "--dimension" in r.output
+
+
+def test_bad_manifest_line_is_one_line_exit_2(tiny_bundle_dir, tmp_path):
+    """A manifest.rank0.jsonl line of the wrong shape (edited by hand) was a TypeError at the merge."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.rank0.jsonl").write_text('{"file": ["a.mp4"], "finished_at": 1}\n')
+    (tmp_path / "p.txt").write_text("a red ball\n")
+    r = invoke("vbench", "--prompt-file", tmp_path / "p.txt", "--samples-per-prompt", 1, "--num-steps", 4,
+               "--checkpoint-dir", tiny_bundle_dir, "--output-dir", out, "--quiet")
+    assert r.exit_code == 2
+    line = one_error_line(r)
+    assert "manifest.rank0.jsonl line 1" in line and '"file" a plain file name' in line
+
+
+def test_prompt_file_byte_order_mark_is_not_part_of_the_prompt(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_bytes("a red ball\nb\n".encode("utf-8-sig"))  # as Notepad saves UTF-8
+    assert [p.text for p in bm.read_prompt_file(f)] == ["a red ball", "b"]
+    assert [it.file for it in bm.prompt_items(bm.read_prompt_file(f), 1)] == ["a red ball-0.mp4", "b-0.mp4"]

@@ -127,8 +127,16 @@ def test_run_sweep_sees_every_video(tiny_bundle_dir):
     (["--thresholds"], "--thresholds"),
     (["--device", "tpu"], "--device"),
     (["--min-ssim", "2"], "min_ssim"),
+    # issue 16 item 5: these gave a traceback (exit 1), or ran
+    (["--seeds", str(2**70)], "--seeds value: expected an integer in [0, 18446744073709551615]"),
+    (["--seeds", str(2**64 - 1)], "the scale run's seed"),
+    (["--device", "cuda:99"], "--device 'cuda:99'"),
+    (["--num-steps", "5000"], "--num-steps"),
+    (["--prompt-file", "NUL"], "NUL bytes"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    (tmp_path / "nul.txt").write_bytes(b"a red ball\n" + b"\x00" * 64)
+    args = [str(tmp_path / "nul.txt") if a == "NUL" else a for a in args]
     r = runner.invoke(app, ["sweep", "--output-dir", str(tmp_path / "o"), *args] if "--output-dir" not in args
                       else ["sweep", *args])
     assert r.exit_code == 2, r.output

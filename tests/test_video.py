@@ -134,3 +134,25 @@ def test_image_round_trip(tmp_path):
     np.testing.assert_array_equal(read_image(write_image(tmp_path / "x.png", img)), img)
     jpg = read_image(write_image(tmp_path / "x.jpg", natural_clip(t=1)[0]))
     assert jpg.shape == (64, 64, 3) and psnr(natural_clip(t=1)[0], jpg) > 30
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000), (9000, 8000)])
+def test_oversized_image_is_refused_from_its_header(tmp_path, size):
+    """Above PIL's bomb limit x2 PIL raised (a traceback); above the limit it warned, then decoded; below it, a
+    72 M pixel image was decoded too. read_image refuses all three from the header, in one line, no warning."""
+    import warnings
+
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("1", size).save(path, optimize=True)  # 1-bit: a few kB to ~50 kB on disk
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FlowcacheError) as e:
+            read_image(path)
+    w, h = size
+    assert str(e.value) == (f"image {path} is {w}x{h} ({w * h:,} pixels), more than the 67,108,864 pixels "
+                            "allowed (8192x8192); resize it first")
+    assert Image.MAX_IMAGE_PIXELS == limit  # PIL's own guard is back for everyone else
+

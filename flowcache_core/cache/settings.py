@@ -16,6 +16,7 @@ from flowcache_core.cache.options import check_value, option_fields
 from flowcache_core.cache.policy import CachePolicy
 from flowcache_core.cache.registry import POLICIES
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import shown
 
 
 def policy_names() -> tuple[str, ...]:
@@ -94,6 +95,20 @@ class ResolvedCache:
         return text
 
 
+def check_cache_defaults(values: Any, source: str) -> None:
+    """A `cache_defaults` object (a model's config.json, a config file): known options with valid values."""
+    if values is None:
+        return
+    path = (f"{source}: " if source else "") + "flowcache.cache_defaults"
+    if not isinstance(values, Mapping):
+        raise FlowcacheError(f"{path}: expected an object of cache options, got {shown(values)}")
+    known = all_options()
+    for k, v in values.items():
+        if k not in known:
+            raise FlowcacheError(f"{path}: key {k!r} is unknown (allowed: {', '.join(known)})")
+        check_value(f"{path}.{k}", v, known[k].metadata)
+
+
 def resolve_cache(request: CacheConfig | None, defaults: list[tuple[str, Mapping[str, Any] | None]] = ()) -> ResolvedCache:
     """Fill the request's unset options: config defaults < each (source, cache_defaults) in order < the request.
 
@@ -106,19 +121,10 @@ def resolve_cache(request: CacheConfig | None, defaults: list[tuple[str, Mapping
         if k not in applicable:
             users = [name for name, p in POLICIES.items() if k in option_fields(p.Config)]
             raise FlowcacheError(f"{k} applies to cache {', '.join(users)}, not {request.policy!r}")
-    known = all_options()
     merged: dict[str, Any] = {}
     for source, values in defaults:
-        if values is None:
-            continue
-        if not isinstance(values, Mapping):
-            raise FlowcacheError(f"{source}: cache_defaults must be an object of cache options, got {values!r}")
-        for k, v in values.items():
-            if k not in known:
-                raise FlowcacheError(f"{source}: cache_defaults key {k!r} is unknown (allowed: {', '.join(known)})")
-            check_value(f"{source}: cache_defaults.{k}", v, known[k].metadata)
-            if k in applicable:
-                merged[k] = v
+        check_cache_defaults(values, source)
+        merged.update({k: v for k, v in (values or {}).items() if k in applicable})
     merged.update(request.options)
     cfg_cls = POLICIES[request.policy].Config
     own = option_fields(cfg_cls)

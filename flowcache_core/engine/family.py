@@ -47,10 +47,11 @@ class Family(Protocol):
     def read_config(self, path: Path, variant: str | None) -> Any:
         """The checkpoint's config, without loading weights (cheap: used to check a request first)."""
 
-    def apply(self, config: Any, config_file: dict | None, source: str, **options: Any) -> Any:
+    def apply(self, config: Any, config_file: dict | None, source: str, *, spelled: dict[str, str],
+              **options: Any) -> Any:
         """The config with a config file's settings (the parsed JSON object, named `source` in errors) and the
         request's options (num_steps, num_frames, height, width, seed and the family's Options) laid over it,
-        validated; one-line FlowcacheError otherwise."""
+        validated; one-line FlowcacheError otherwise, naming a given option as `spelled` says."""
 
     def cache_defaults(self, config: Any) -> dict | None:
         """Cache options this checkpoint recommends (its `cache_defaults`), or None."""

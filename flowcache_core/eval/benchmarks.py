@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
 VBENCH_SAMPLES_PER_PROMPT = 5  # VBench's protocol
@@ -125,18 +126,9 @@ def filter_dimensions(prompts: Sequence[Prompt], dimensions: Sequence[str]) -> l
 
 def read_prompt_file(path: str | os.PathLike) -> list[Prompt]:
     """One prompt a line (surrounding whitespace stripped, blank lines skipped, duplicates sampled once)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FlowcacheError(f"prompt file {path} does not exist" if not path.exists() else f"prompt file {path} is not a file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise FlowcacheError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise FlowcacheError(f"prompt file {path} is not readable: {e.strerror}") from None
-    unique = list(dict.fromkeys(ln.strip() for ln in lines if ln.strip()))
-    if not unique:
-        raise FlowcacheError(f"prompt file {path} has no prompts (expected one prompt a line)")
+    from flowcache_core.fileio import read_prompt_lines
+
+    unique = list(dict.fromkeys(read_prompt_lines(path)))
     taken: set[str] = set()
     return [Prompt(i, p, safe_stem(p, CUSTOM_MAX_STEM_BYTES, taken)) for i, p in enumerate(unique)]
 
@@ -179,7 +171,7 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
         raise FlowcacheError(f"PhysicsIQ dataset dir {root} has no descriptions.csv "
                              "(expected the PhysicsIQ layout: descriptions.csv, switch-frames/, split-videos/)")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte order mark is no column name
             reader = csv.DictReader(f)
             missing = [c for c in PHYSICSIQ_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -188,6 +180,7 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
     except (UnicodeDecodeError, csv.Error) as e:
         raise FlowcacheError(f"{csv_path} is not a readable CSV: {e}") from None
     rows: list[PhysicsIQRow] = []
+    line_of_output: dict[str, int] = {}  # two rows writing one video: the second would be skipped as "already there"
     for line, r in enumerate(raw, start=2):
         m = _SCENARIO.match(r["scenario"] or "")
         if not m:
@@ -198,6 +191,10 @@ def read_physicsiq(dataset_dir: str | os.PathLike) -> list[PhysicsIQRow]:
         out = r["generated_video_name"] or ""
         if _UNSAFE.search(out) or out.startswith(".") or not out.endswith(".mp4"):
             raise FlowcacheError(f"{csv_path} line {line}: generated_video_name {out!r} must be a plain '*.mp4' file name")
+        if out in line_of_output:
+            raise FlowcacheError(f"{csv_path} line {line}: generated_video_name {out!r} is already the output of line "
+                                 f"{line_of_output[out]} (each take-1 row needs its own)")
+        line_of_output[out] = line
         rows.append(PhysicsIQRow(len(rows), r["scenario"], r["description"] or "", r.get("category") or "", out,
                                  m.group(1), m.group(2), m.group(4)))
     if not rows:
@@ -268,9 +265,16 @@ def _seed(base_seed: int, prompt_index: int, sample: int) -> int:
     return base_seed + SEED_STRIDE * prompt_index + sample
 
 
-def _check_base_seed(base_seed: int) -> None:
-    if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
-        raise FlowcacheError(f"seed {base_seed!r} must be an integer >= 0")
+def _check_base_seed(base_seed: int, last_prompt_index: int, last_sample: int) -> None:
+    """The base seed, and the largest seed derived from it, must be seeds torch takes."""
+    from flowcache_core.checks import check_seed
+    from flowcache_core.checks import SEED_RANGE
+
+    check_seed(base_seed, "seed")
+    largest = _seed(base_seed, last_prompt_index, last_sample)
+    if largest > SEED_RANGE.high:
+        raise FlowcacheError(f"seed {base_seed} is too large: video seeds are seed + {SEED_STRIDE}*prompt + sample, up to "
+                             f"{largest} here, and torch takes at most {SEED_RANGE.high}")
 
 
 def prompt_items(prompts: Sequence[Prompt], samples_per_prompt: int = VBENCH_SAMPLES_PER_PROMPT,
@@ -278,7 +282,7 @@ def prompt_items(prompts: Sequence[Prompt], samples_per_prompt: int = VBENCH_SAM
     """`samples_per_prompt` t2v videos per prompt, named f"{stem}-{i}.mp4", prompt-major."""
     if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or not 1 <= samples_per_prompt <= SEED_STRIDE:
         raise FlowcacheError(f"samples per prompt {samples_per_prompt!r} must be in 1..{SEED_STRIDE}")
-    _check_base_seed(base_seed)
+    _check_base_seed(base_seed, max((p.index for p in prompts), default=0), samples_per_prompt - 1)
     pairs = [(p, i) for p in prompts for i in range(samples_per_prompt)]
     return [WorkItem(k, p.text, f"{p.stem}-{i}.mp4", _seed(base_seed, p.index, i), p.index, i)
             for k, (p, i) in enumerate(pairs)]
@@ -290,7 +294,7 @@ def physicsiq_items(rows: Sequence[PhysicsIQRow], dataset_dir: str | os.PathLike
     conditioning video of the folder `choose_conditioning_fps` picks."""
     if mode not in PHYSICSIQ_MODES:
         raise FlowcacheError(f"PhysicsIQ mode {mode!r} unknown (allowed: {', '.join(PHYSICSIQ_MODES)})")
-    _check_base_seed(base_seed)
+    _check_base_seed(base_seed, max((r.index for r in rows), default=0), 0)
     root = Path(dataset_dir)
     fps = choose_conditioning_fps(conditioning_fps_folders(root), model_fps) if mode == "v2v" else None
     return [WorkItem(k, r.description, r.generated_video_name, _seed(base_seed, r.index, 0), r.index, 0, mode,
@@ -437,7 +441,11 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     height, width, fps = rt.video_size_h, rt.video_size_w, rt.fps
     summary = SamplingSummary(removed_temp_files=_remove_stale_temps(out, {it.file for it in items}))
     t_start = time.perf_counter()
-    with open(manifest_path(out, rank), "a", encoding="utf-8") as manifest:
+    try:
+        manifest = open(manifest_path(out, rank), "a", encoding="utf-8")
+    except OSError as e:  # e.g. a folder of that name
+        raise FlowcacheError(f"cannot append to manifest {manifest_path(out, rank)}: {e.strerror}") from None
+    with manifest:
         for n, item in enumerate(items, start=1):
             path = out / item.file
             summary.files.append(item.file)
@@ -481,6 +489,34 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     return summary
 
 
+def _manifest_records(part: Path) -> list[dict]:
+    """The records of a `manifest.rank{r}.jsonl`, each checked: an object whose "file" is a plain file
+    name and whose "finished_at", if present, a number. A line that is not JSON was cut by a killed process and
+    is skipped; a JSON line of another shape was written by something else, and is refused."""
+    try:
+        text = part.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FlowcacheError(f"manifest {part} is not UTF-8 text (expected one JSON object a line)") from None
+    except OSError as e:
+        raise FlowcacheError(f"manifest {part} is not readable: {e.strerror}") from None
+    found = []
+    for number, ln in enumerate(text.splitlines(), start=1):
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:  # a line cut by a killed process
+            continue
+        file = rec.get("file") if isinstance(rec, dict) else None
+        if not isinstance(file, str) or not file or _UNSAFE.search(file):
+            raise FlowcacheError(f"manifest {part} line {number}: expected an object with \"file\" a plain file name, "
+                                 f"got {shown(rec)} (remove the line, or the file, to rebuild it)")
+        finished = rec.get("finished_at", 0)
+        if isinstance(finished, bool) or not isinstance(finished, (int, float)):
+            raise FlowcacheError(f"manifest {part} line {number}: \"finished_at\" expected a number (a time), got "
+                                 f"{shown(finished)} (remove the line to rebuild it)")
+        found.append(rec)
+    return found
+
+
 def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], meta: Mapping | None = None) -> Path:
     """Fold every `manifest.rank*.jsonl` of `output_dir` into `manifest.json` (atomic write).
 
@@ -493,15 +529,10 @@ def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], me
     out = Path(output_dir)
     records: dict[str, dict] = {}
     for part in sorted(out.glob("manifest.rank*.jsonl")):
-        for ln in part.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(ln)
-            except json.JSONDecodeError:  # a line cut by a killed process
-                continue
-            if isinstance(rec, dict) and "file" in rec:
-                old = records.get(rec["file"])
-                if old is None or rec.get("finished_at", 0) >= old.get("finished_at", 0):
-                    records[rec["file"]] = rec
+        for rec in _manifest_records(part):
+            old = records.get(rec["file"])
+            if old is None or rec.get("finished_at", 0) >= old.get("finished_at", 0):
+                records[rec["file"]] = rec
     videos = {f: r for f, r in records.items() if (out / f).is_file()}
     for it in items:
         if it.file not in videos and (out / it.file).is_file():
@@ -539,10 +570,12 @@ def init_distributed(shard: Shard, device: str) -> str:
     import torch
     import torch.distributed as dist
 
+    from flowcache_core.checks import check_device
+
     if not shard.distributed:
         return device
     if device == "cuda":
-        device = f"cuda:{shard.local_rank}"
+        device = check_device(f"cuda:{shard.local_rank}", "--device cuda on local rank")
     backend, bound = "gloo", {}
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.set_device(torch.device(device))

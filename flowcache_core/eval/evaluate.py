@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from flowcache_core.checks import check_device
 from flowcache_core.eval import metrics
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write_text, check_output_path
@@ -179,6 +180,7 @@ def evaluate(
     `on_pair(index, total, metrics)` is called after each pair (the CLI draws progress with it)."""
     if max_frames is not None and max_frames < 1:
         raise FlowcacheError(f"--max-frames must be >= 1, got {max_frames}")
+    check_device(device)
     if output is not None:
         _check_outputs(Path(output))
     pairs = pair_paths(reference, candidate)

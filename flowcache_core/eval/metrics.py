@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowcache_core.checks import check_device
 from flowcache_core.errors import FlowcacheError
 
 LPIPS_HEADS_MEMBER = "lpips/weights/v0.1/alex.pth"
@@ -364,19 +365,9 @@ def load_lpips(weights: str | os.PathLike | None = None, device: str | torch.dev
             f"AlexNet trunk found ({trunk_path}) but no LPIPS v0.1 linear heads (lpips/weights/v0.1/alex.pth); "
             "run scripts/fetch_lpips_weights.sh"
         )
-    model = LpipsAlex(convs, heads).to(_device(device))
+    model = LpipsAlex(convs, heads).to(check_device(str(device)))
     model.source = LpipsSource(str(trunk_path), heads_where)
     return model
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FlowcacheError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlowcacheError(f"--device {device} requested but CUDA is not available here; use cpu")
-    return dev
 
 
 def lpips_per_frame(model: LpipsAlex, ref: np.ndarray, cand: np.ndarray, *, max_pixels: int = 2_000_000) -> np.ndarray:

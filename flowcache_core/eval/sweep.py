@@ -32,10 +32,11 @@ from flowcache_core.cache.options import option_fields
 from flowcache_core.cache.policy import REUSE_MODES
 from flowcache_core.cache.registry import POLICIES
 from flowcache_core.cache.settings import CacheConfig, check_policy
+from flowcache_core.checks import check_seed
 from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write, atomic_write_text
 from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
+from flowcache_core.fileio import atomic_write, atomic_write_text, read_prompt_lines
 from flowcache_core.training.world import held_out_single_object_captions
 
 DEFAULT_THRESHOLDS = (0.03, 0.05, 0.07, 0.1, 0.15)
@@ -130,17 +131,7 @@ def settings_grid(policies: list[str], reuse_modes: list[str], thresholds: list[
 
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise FlowcacheError(f"prompt file {str(p)!r} does not exist")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"prompt file {str(p)!r} cannot be read as UTF-8 text ({type(e).__name__})") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    if not prompts:
-        raise FlowcacheError(f"prompt file {str(p)!r} holds no prompts (one per line)")
-    return prompts
+    return read_prompt_lines(path, comments=True)
 
 
 def default_prompts(n: int) -> list[str]:
@@ -171,8 +162,12 @@ class SweepConfig:
     def validate(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise FlowcacheError("prompts must be a non-empty list of non-empty prompts")
-        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise FlowcacheError(f"seeds {self.seeds!r} must be a non-empty list of integers >= 0")
+        if not self.seeds:
+            raise FlowcacheError("seeds is empty; give at least one seed")
+        for s in self.seeds:
+            check_seed(s, "seed")
+            if self.seed_scale:  # `none` also runs at seed + SCALE_SEED_OFFSET
+                check_seed(s + SCALE_SEED_OFFSET, f"seed {s} + {SCALE_SEED_OFFSET} (the scale run's seed)")
         settings_grid(self.policies, self.reuse_modes, self.thresholds)
         for t in self.thresholds:
             if not math.isfinite(t) or t < 0:

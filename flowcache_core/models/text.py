@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import AT_LEAST_1, Range, check_fields
 from flowcache_core.fileio import atomic_write
 
 PAD, UNK = "<pad>", "<unk>"
@@ -138,10 +139,15 @@ def load_text_encoder(directory: str, device: str | torch.device = "cpu") -> Wor
         if not os.path.isfile(p):
             raise FlowcacheError(f"text encoder file {p} is missing")
     try:
-        meta = json.loads(Path(cfg_path).read_text())
-        config = WordTextEncoderConfig(**meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise FlowcacheError(f"text encoder config {cfg_path} is unreadable: {e}") from None
+        meta = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowcacheError(f"text encoder config {cfg_path} is unreadable: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise FlowcacheError(f"text encoder config {cfg_path}: expected an object with a \"config\" object")
+    sizes = {n: AT_LEAST_1 for n in ("dim", "layers", "heads", "max_length", "mlp_ratio")}
+    check_fields(WordTextEncoderConfig, meta["config"], "config", f"text encoder config {cfg_path}",
+                 {**sizes, "dropout": Range(0.0, 1.0)}, unknown_keys=False)
+    config = WordTextEncoderConfig(**meta["config"])
     try:
         state = load_file(w_path)
     except Exception as e:  # safetensors raises its own error types on corrupt files

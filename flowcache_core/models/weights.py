@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import shown
 from flowcache_core.fileio import atomic_write, atomic_write_text
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -41,9 +42,12 @@ def read_state_dict(ckpt_dir: str | os.PathLike, device: str = "cpu", single_nam
     index = d / (single_name + ".index.json")
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise FlowcacheError(f"{str(index)!r} is not a valid safetensors index (needs a 'weight_map' object)") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise FlowcacheError(f"{str(index)!r}: weight_map must map each weight name to a shard file name, "
+                                 f"got {shown(weight_map)}")
         sd: dict[str, torch.Tensor] = {}
         held: dict[str, set[str]] = {}
         for shard in sorted(set(weight_map.values())):

@@ -36,8 +36,8 @@ class ToyFamily:
     def read_config(self, path: Path, variant: str | None) -> ToyConfig:
         return ToyConfig.read(path / "config.json")
 
-    def apply(self, config: ToyConfig, config_file: dict | None, source: str, *, num_steps=None, num_frames=None,
-              height=None, width=None, seed=None) -> ToyConfig:
+    def apply(self, config: ToyConfig, config_file: dict | None, source: str, *, spelled: dict, num_steps=None,
+              num_frames=None, height=None, width=None, seed=None) -> ToyConfig:
         given = dict(num_steps=num_steps, num_frames=num_frames, height=height, width=width, seed=seed)
         config = replace(config, **{k: v for k, v in given.items() if v is not None})
         if config.num_frames % config.chunk_frames:

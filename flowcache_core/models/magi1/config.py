@@ -2,20 +2,23 @@
 
 A MAGI-1 config file has exactly three objects: `model_config`, `runtime_config`, `engine_config`.
 `MagiConfig.from_json` reads such a file (unknown keys are kept aside, missing keys take MAGI-1's
-dataclass defaults) and `to_json` writes one back. `validate()` checks the values the sampler and the
-model depend on and raises `FlowcacheError` with one line naming the bad value.
+dataclass defaults) and `to_json` writes one back. Every reader of such JSON checks each object with
+`check_config_section` (types from the dataclass annotations, ranges from the tables below) before using it;
+`validate()` checks the same and the rules that relate several values. Both raise `FlowcacheError` with one
+line naming the key and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowcache_core.checks import MAX_NUM_STEPS, SEED_RANGE
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.schema import AT_LEAST_1, POSITIVE, Range, at, check_fields, check_value, shown
 
 
 @dataclass
@@ -93,13 +96,74 @@ class EngineConfig:
     enable_cuda_graph: bool = False
 
 
-def _from_dict(cls, d: dict[str, Any], where: str):
+# ----- ranges a value must keep on its own (validate() checks the rules that relate several values) -----
+_UNIT = Range(0.0, 1.0)
+
+MODEL_LIMITS = {
+    **{n: AT_LEAST_1 for n in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                               "kv_channels", "patch_size", "t_patch_size", "in_channels", "out_channels",
+                               "caption_channels", "caption_max_length")},
+    # x_rescale_factor divides the output; the ratios size the conditioning layers
+    **{n: POSITIVE for n in ("layernorm_epsilon", "x_rescale_factor", "cond_hidden_ratio", "xattn_cond_hidden_ratio",
+                             "cond_gating_ratio")},
+}
+RUNTIME_LIMITS = {
+    **{n: AT_LEAST_1 for n in ("num_frames", "video_size_h", "video_size_w", "window_size", "fps", "chunk_width",
+                               "temporal_downsample_factor", "noise2clean_kvrange")},  # kv range: each entry
+    "num_steps": Range(1, MAX_NUM_STEPS),
+    "cfg_t_range": _UNIT,  # each entry: a time t in [0, 1]
+    "clean_t": Range(0.0, 1.0, low_open=True),
+    "seed": SEED_RANGE,
+    "scale_factor": POSITIVE,  # latents are divided by it
+}
+ENGINE_LIMITS = {
+    **{n: AT_LEAST_1 for n in ("distributed_timeout_minutes", "pp_size", "cp_size", "ulysses_overlap_degree")},
+    "distill_nearly_clean_chunk_threshold": _UNIT,
+}
+SECTIONS = {"model_config": (ModelConfig, MODEL_LIMITS), "runtime_config": (RuntimeConfig, RUNTIME_LIMITS),
+            "engine_config": (EngineConfig, ENGINE_LIMITS)}
+
+
+def check_config_section(section: str, obj: Any, where: str = "") -> None:
+    """One object of a MAGI-1 config (`model_config`, `runtime_config` or `engine_config`) as read from JSON:
+    each known key must have its dataclass field's type (int, float, bool, str, `str | None`, `list[float]`,
+    `list[int]`) and keep its range. Unknown keys pass (readers keep or refuse them). Every reader of this JSON
+    calls it: bundle and release config.json (`from_dict`), the CLI's --config-file overlay, `validate()`."""
+    cls, limits = SECTIONS[section]
+    check_fields(cls, obj, section, where, limits)
+
+
+def check_flowcache_extra(fc: Any, where: str = "") -> None:
+    """The `flowcache` object flowcache adds to a bundle's config.json: codec spec, text encoder, cache_defaults."""
+    from flowcache_core.cache.settings import check_cache_defaults  # the cache package is not needed to read a config
+
+    if fc is None:
+        return
+    if not isinstance(fc, dict):
+        raise FlowcacheError(f"{at(where, 'flowcache')}: expected an object, got {shown(fc)}")
+    codec = fc.get("codec")
+    if codec is not None:
+        if not isinstance(codec, dict) or "name" not in codec:
+            raise FlowcacheError(f"{at(where, 'flowcache.codec')}: expected an object with a \"name\", got {shown(codec)}")
+        check_value(codec["name"], str, "flowcache.codec.name", where=where)
+        options = {k: v for k, v in codec.items() if k != "name"}
+        if codec["name"] == "space_to_depth":
+            from flowcache_core.models.codec import SpaceToDepthConfig
+
+            limits = {"spatial": AT_LEAST_1, "temporal": AT_LEAST_1, "scale": POSITIVE}
+            check_fields(SpaceToDepthConfig, options, "flowcache.codec", where, limits, unknown_keys=False)
+        else:  # another codec checks its options when it loads; its factors are read before (frame sizes, memory)
+            for k in ("spatial", "temporal"):
+                if k in options:
+                    check_value(options[k], int, f"flowcache.codec.{k}", AT_LEAST_1, where)
+    if "text_encoder" in fc:
+        check_value(fc["text_encoder"], str, "flowcache.text_encoder", where=where)
+    check_cache_defaults(fc.get("cache_defaults"), where)
+
+
+def _from_dict(cls, d: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
-    known = {k: v for k, v in d.items() if k in names}
-    try:
-        return cls(**known)
-    except TypeError as e:  # pragma: no cover - dataclass with all defaults
-        raise FlowcacheError(f"{where}: {e}") from None
+    return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -115,11 +179,15 @@ class MagiConfig:
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MagiConfig":
         if not isinstance(d, dict) or "model_config" not in d:
             raise FlowcacheError(f"{where}: not a MAGI-1 config (expected a JSON object with model_config, runtime_config, engine_config)")
+        sections = {name: d.get(name) or {} for name in SECTIONS}  # a missing or null object: MAGI-1's defaults
+        for name, obj in sections.items():
+            check_config_section(name, obj, where)
+        check_flowcache_extra(d.get("flowcache"), where)
         return cls(
-            model=_from_dict(ModelConfig, d.get("model_config") or {}, where),
-            runtime=_from_dict(RuntimeConfig, d.get("runtime_config") or {}, where),
-            engine=_from_dict(EngineConfig, d.get("engine_config") or {}, where),
-            extra={k: v for k, v in d.items() if k not in ("model_config", "runtime_config", "engine_config")},
+            model=_from_dict(ModelConfig, sections["model_config"]),
+            runtime=_from_dict(RuntimeConfig, sections["runtime_config"]),
+            engine=_from_dict(EngineConfig, sections["engine_config"]),
+            extra={k: v for k, v in d.items() if k not in SECTIONS},
         )
 
     @classmethod
@@ -154,10 +222,11 @@ class MagiConfig:
 
     # ----- validation -----
     def validate(self) -> "MagiConfig":
+        """Each value's type and range (as `check_config_section` checks JSON: a config built in Python or changed
+        by `replace` gets the same checks), then the rules that relate several values."""
+        for name, obj in (("model_config", self.model), ("runtime_config", self.runtime), ("engine_config", self.engine)):
+            check_config_section(name, dataclasses.asdict(obj), "")
         m, r = self.model, self.runtime
-        _positive(m, ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                      "kv_channels", "patch_size", "t_patch_size", "in_channels", "out_channels",
-                      "caption_channels", "caption_max_length"], "model_config")
         if m.hidden_size != m.num_attention_heads * m.kv_channels:
             raise FlowcacheError(
                 f"model_config: hidden_size {m.hidden_size} must equal num_attention_heads*kv_channels "
@@ -172,7 +241,9 @@ class MagiConfig:
             raise FlowcacheError(f"model_config: t_patch_size {m.t_patch_size} is not supported (allowed: 1, as in every MAGI-1 release)")
         if m.params_dtype not in ("torch.float32", "torch.bfloat16", "torch.float16"):
             raise FlowcacheError(f"model_config: params_dtype {m.params_dtype!r} unknown (allowed: torch.float32, torch.bfloat16, torch.float16)")
-        _positive(r, ["num_frames", "video_size_h", "video_size_w", "num_steps", "window_size", "fps", "chunk_width"], "runtime_config")
+        if m.cond_dim < 1:
+            raise FlowcacheError(f"model_config: hidden_size*cond_hidden_ratio ({m.hidden_size}*{m.cond_hidden_ratio}) "
+                                 "must be at least 1 (the conditioning width)")
         if r.cfg_number not in (1, 3):
             raise FlowcacheError(f"runtime_config: cfg_number {r.cfg_number} not supported (allowed: 1 (distill) or 3 (base))")
         if r.num_steps % r.window_size:
@@ -180,20 +251,12 @@ class MagiConfig:
         if r.noise2clean_kvrange and r.num_steps % len(r.noise2clean_kvrange):
             raise FlowcacheError(
                 f"runtime_config: num_steps {r.num_steps} must be a multiple of len(noise2clean_kvrange) {len(r.noise2clean_kvrange)}")
-        if any(int(v) < 1 for v in r.noise2clean_kvrange):
-            raise FlowcacheError(f"runtime_config: noise2clean_kvrange {r.noise2clean_kvrange} must hold positive chunk counts")
-        if not (len(r.cfg_t_range) == len(r.prev_chunk_scales) == len(r.text_scales)):
-            raise FlowcacheError("runtime_config: cfg_t_range, prev_chunk_scales and text_scales must have the same length")
-        if not (0.0 < r.clean_t <= 1.0):
-            raise FlowcacheError(f"runtime_config: clean_t {r.clean_t} must be in (0, 1]")
+        if not (len(r.cfg_t_range) == len(r.prev_chunk_scales) == len(r.text_scales) >= 1):
+            raise FlowcacheError("runtime_config: cfg_t_range, prev_chunk_scales and text_scales must have the same "
+                                 f"length, at least 1 (got {len(r.cfg_t_range)}, {len(r.prev_chunk_scales)}, {len(r.text_scales)})")
+        if list(r.cfg_t_range) != sorted(r.cfg_t_range):  # the guidance scale of a chunk is looked up by its t
+            raise FlowcacheError(f"runtime_config: cfg_t_range {r.cfg_t_range} must be in ascending order")
         return self
-
-
-def _positive(obj, names: list[str], where: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or (isinstance(v, float) and not math.isfinite(v)):
-            raise FlowcacheError(f"{where}: {n} {v!r} must be a positive number")
 
 
 # Named sizes of the MAGI-1 release (example/4.5B and example/24B configs of SandAI-org/MAGI-1).

@@ -17,7 +17,8 @@ from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.models.codec import from_pixels
 from flowcache_core.models.magi1.bundle import load_bundle
-from flowcache_core.models.magi1.config import MagiConfig, RuntimeConfig
+from flowcache_core.models.magi1.checks import check_frame_size, check_output_fits
+from flowcache_core.models.magi1.config import MagiConfig, RuntimeConfig, check_config_section
 from flowcache_core.models.magi1.release import choose_variant, is_magi_release, release_ckpt_dir, variant_config
 from flowcache_core.models.magi1.sampling import Magi1Generation, TextCondition
 from flowcache_core.models.magi1.schedule import chunk_layout
@@ -53,8 +54,8 @@ class Magi1Family:
             raise FlowcacheError(f"checkpoint directory {str(path)!r} has no config.json (MAGI-1 schema)")
         return MagiConfig.from_json(path / "config.json")
 
-    def apply(self, config: MagiConfig, config_file: dict | None, source: str, *, num_steps=None,
-              num_frames=None, height=None, width=None, seed=None, cfg_number=None) -> MagiConfig:
+    def apply(self, config: MagiConfig, config_file: dict | None, source: str, *, spelled: dict[str, str],
+              num_steps=None, num_frames=None, height=None, width=None, seed=None, cfg_number=None) -> MagiConfig:
         """A config file (MAGI-1 schema) lays its runtime_config over the checkpoint's, key by key; its
         model_config and engine_config are not used (the weights fix the model). Then the request's options."""
         overlay = (config_file or {}).get("runtime_config")
@@ -68,9 +69,17 @@ class Magi1Family:
             if unknown:
                 raise FlowcacheError(f"{source}: runtime_config key {unknown[0]!r} unknown "
                                      f"(allowed: {', '.join(sorted(known))})")
+            check_config_section("runtime_config", overlay, where=source)
             config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overlay))
-        return config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
-                              cfg_number=cfg_number, seed=seed).validate()
+        config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
+                                cfg_number=cfg_number, seed=seed).validate()
+        # a value the request did not set comes from the config (the checkpoint's, or the config file's)
+        def name(option, given, key):
+            return spelled.get(option, option) if given is not None else f"runtime_config.{key}"
+
+        check_frame_size(config, names=(name("height", height, "video_size_h"), name("width", width, "video_size_w")))
+        check_output_fits(config, name=name("num_frames", num_frames, "num_frames"))
+        return config
 
     def cache_defaults(self, config: MagiConfig) -> dict | None:
         return (config.extra.get("flowcache") or {}).get("cache_defaults")

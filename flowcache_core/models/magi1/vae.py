@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import atomic_write, atomic_write_text
+from flowcache_core.schema import check_fields
 
 VAE_CLASS_NAME = "ViTVAE"
 VAE_CONFIG_NAME = "config.json"
@@ -67,12 +68,7 @@ class ViTVAEConfig:
 
     @classmethod
     def from_ddconfig(cls, d: dict, where: str = "VAE config") -> "ViTVAEConfig":
-        if not isinstance(d, dict):
-            raise FlowcacheError(f"{where}: 'ddconfig' must be an object")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise FlowcacheError(f"{where}: ddconfig key {unknown[0]!r} is unknown to the ViT VAE (known: {', '.join(sorted(names))})")
+        check_fields(cls, d, "ddconfig", where, unknown_keys=False)  # types; validate() checks the values
         return cls(**d).validate(where)
 
     def validate(self, where: str = "VAE config") -> "ViTVAEConfig":
