@@ -96,3 +96,19 @@ def read_prompt_lines(path: str | os.PathLike, comments: bool = False) -> list[s
     if not prompts:
         raise FlowcacheError(f"prompt file {path} has no prompts (expected one prompt a line)")
     return prompts
+
+
+def make_output_dir(path: str | os.PathLike, parents: bool = False) -> Path:
+    """The output folder, created if missing (with its missing parents when `parents`), checked writable."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FlowcacheError(f"output folder {str(out)!r} is a file")
+    if not parents and not out.parent.is_dir():
+        raise FlowcacheError(f"output folder's parent {str(out.parent)!r} does not exist")
+    try:
+        out.mkdir(parents=parents, exist_ok=True)
+    except OSError as e:
+        raise FlowcacheError(f"cannot create output folder {str(out)!r} ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise FlowcacheError(f"output folder {str(out)!r} is not writable")
+    return out

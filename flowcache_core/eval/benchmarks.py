@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import atomic_write_text, make_output_dir, read_prompt_lines
 from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
@@ -126,7 +127,6 @@ def filter_dimensions(prompts: Sequence[Prompt], dimensions: Sequence[str]) -> l
 
 def read_prompt_file(path: str | os.PathLike) -> list[Prompt]:
     """One prompt a line (surrounding whitespace stripped, blank lines skipped, duplicates sampled once)."""
-    from flowcache_core.fileio import read_prompt_lines
 
     unique = list(dict.fromkeys(read_prompt_lines(path)))
     taken: set[str] = set()
@@ -524,7 +524,6 @@ def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], me
     that exists without a record (its process died between the rename and the manifest line) is listed
     with `"record": null`. `complete` says whether every video of `items` exists.
     """
-    from flowcache_core.fileio import atomic_write_text
 
     out = Path(output_dir)
     records: dict[str, dict] = {}
@@ -547,16 +546,8 @@ def merge_manifests(output_dir: str | os.PathLike, items: Sequence[WorkItem], me
 
 
 def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise FlowcacheError(f"output dir {out} is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FlowcacheError(f"cannot create output dir {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise FlowcacheError(f"output dir {out} is not writable")
-    return out
+    """A benchmark's output folder: created with its parents (a sample set often goes to a new tree)."""
+    return make_output_dir(output_dir, parents=True)
 
 
 # ----------------------------------------------------------------------------------------------- processes

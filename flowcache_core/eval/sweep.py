@@ -36,7 +36,7 @@ from flowcache_core.checks import check_seed
 from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
-from flowcache_core.fileio import atomic_write, atomic_write_text, read_prompt_lines
+from flowcache_core.fileio import atomic_write, atomic_write_text, make_output_dir, read_prompt_lines
 from flowcache_core.training.world import held_out_single_object_captions
 
 DEFAULT_THRESHOLDS = (0.03, 0.05, 0.07, 0.1, 0.15)
@@ -403,17 +403,8 @@ def pareto_front(points: list[tuple[float, float]], higher_better: bool = True) 
 
 # ----------------------------------------------------------------------------------------- output
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """Create the output folder (its parent must exist) and check it is writable."""
-    d = Path(path)
-    if not d.parent.is_dir():
-        raise FlowcacheError(f"output folder's parent {str(d.parent)!r} does not exist")
-    try:
-        d.mkdir(exist_ok=True)
-    except OSError as e:
-        raise FlowcacheError(f"cannot create output folder {str(d)!r} ({e.strerror})") from None
-    if not d.is_dir() or not os.access(d, os.W_OK):
-        raise FlowcacheError(f"output folder {str(d)!r} is not a writable folder")
-    return d
+    """The sweep's output folder: created, its parent must exist (a typo in a path fails instead of building a tree)."""
+    return make_output_dir(path, parents=False)
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> Path:
