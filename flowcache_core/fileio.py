@@ -72,6 +72,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 MAX_PROMPT_FILE_BYTES = 16 * 2**20  # VBench's 946 prompts take 100 kB; more than this is not a prompt list
 
 
+def read_user_text(path: Path, what: str, encoding: str = "utf-8", expected: str = "") -> str:
+    """A text file the user gave; one-line FlowcacheError naming `what` it is when it is not UTF-8 or unreadable."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise FlowcacheError(f"{what} {path} is not UTF-8 text{expected}") from None
+    except OSError as e:
+        raise FlowcacheError(f"{what} {path} is not readable: {e.strerror}") from None
+
+
 def read_prompt_lines(path: str | os.PathLike, comments: bool = False) -> list[str]:
     """The prompts of a text file, one a line, stripped, blank lines skipped (and lines starting with '#' when
     `comments`). A UTF-8 byte order mark is dropped. One-line FlowcacheError for a missing, unreadable, binary
@@ -83,12 +93,7 @@ def read_prompt_lines(path: str | os.PathLike, comments: bool = False) -> list[s
     if size > MAX_PROMPT_FILE_BYTES:
         raise FlowcacheError(f"prompt file {path} is {size / 2**20:.1f} MiB; a prompt file is text, one prompt a line, "
                              f"at most {MAX_PROMPT_FILE_BYTES // 2**20} MiB")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise FlowcacheError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise FlowcacheError(f"prompt file {path} is not readable: {e.strerror}") from None
+    text = read_user_text(path, "prompt file", encoding="utf-8-sig")
     if "\x00" in text:
         raise FlowcacheError(f"prompt file {path} holds NUL bytes: not a text file")
     lines = [ln.strip() for ln in text.splitlines()]

@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write_text, make_output_dir, read_prompt_lines
+from flowcache_core.fileio import atomic_write_text, make_output_dir, read_prompt_lines, read_user_text
 from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
@@ -493,12 +493,7 @@ def _manifest_records(part: Path) -> list[dict]:
     """The records of a `manifest.rank{r}.jsonl`, each checked: an object whose "file" is a plain file
     name and whose "finished_at", if present, a number. A line that is not JSON was cut by a killed process and
     is skipped; a JSON line of another shape was written by something else, and is refused."""
-    try:
-        text = part.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise FlowcacheError(f"manifest {part} is not UTF-8 text (expected one JSON object a line)") from None
-    except OSError as e:
-        raise FlowcacheError(f"manifest {part} is not readable: {e.strerror}") from None
+    text = read_user_text(part, "manifest", expected=" (expected one JSON object a line)")
     found = []
     for number, ln in enumerate(text.splitlines(), start=1):
         try:
