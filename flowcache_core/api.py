@@ -50,10 +50,12 @@ class Request:
 
 @dataclass
 class GenerationResult:
-    frames: np.ndarray  # (T, H, W, 3) uint8, generated frames only (a v2v prefix is not repeated)
+    frames: np.ndarray  # (T, H, W, 3) uint8: exactly num_frames generated frames (whole chunks are generated, the
+    #                     rest dropped at the end); a v2v prefix is not repeated; i2v: the image first (frame 0), then num_frames
+
     fps: int
     record: RunRecord
-    latents: torch.Tensor  # (C, T', h, w) the emitted clean latents
+    latents: torch.Tensor  # (C, T', h, w) the emitted clean latents (whole chunks, not cut to num_frames)
     cache: ResolvedCache
     events: list = field(default_factory=list)
 
@@ -157,4 +159,8 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         frames.append(to_pixels(b.codec.decode(lat.float())))
     if dev.type == "cuda":
         record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
-    return GenerationResult(np.concatenate(frames), gen.fps, record, torch.cat(latents, 1), request.cache, events)
+    video = np.concatenate(frames)
+    keep = getattr(gen, "output_frames", None)  # whole chunks were generated: drop the frames past the request
+    if keep is not None:
+        video = video[:keep]
+    return GenerationResult(video, gen.fps, record, torch.cat(latents, 1), request.cache, events)

@@ -113,7 +113,7 @@ def test_i2v_first_frame_is_the_image(tiny_bundle_dir, tmp_path):
     ok(gen(tiny_bundle_dir, out, "--mode", "i2v", "--image", tmp_path / "first.png", "--prompt", PROMPT,
            "--num-frames", 8, "--quiet"))
     frames, _ = read_video(out)
-    assert frames.shape[0] >= 8 and frames.shape[1:] == (64, 64, 3)
+    assert frames.shape == (9, 64, 64, 3)  # the image, then exactly --num-frames (8) generated frames
     err = np.abs(frames[0].astype(int) - image.astype(int))
     assert err.mean() < 2.0 and err.max() < 24  # default H.264 (CRF 12, 4:2:0): codec error only
 
@@ -126,6 +126,21 @@ def test_v2v_outputs_only_the_generated_part(tiny_bundle_dir, tmp_path):
            "--quiet"))
     frames, _ = read_video(out)
     assert frames.shape == (8, 64, 64, 3)  # --num-frames (8) generated after the prefix, prefix not repeated
+
+
+@pytest.mark.parametrize("asked", [1, 5])
+def test_num_frames_is_exact_not_rounded_up_to_a_chunk(tiny_bundle_dir, tmp_path, asked):
+    out = tmp_path / "t2v.mp4"
+    ok(gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--num-frames", asked, "--num-steps", 4, "--quiet"))
+    assert read_video(out)[0].shape[0] == asked  # chunks of 4 are generated, the extra frames dropped at the end
+
+
+def test_v2v_num_frames_counts_after_a_partial_prefix(tiny_bundle_dir, tmp_path):
+    from flowcache_core.api import generate
+
+    prefix = smooth_frames(5, seed=7)  # one chunk and one frame: the last chunk is partly prefix
+    res = generate("", mode="v2v", prefix_video=prefix, checkpoint_dir=tiny_bundle_dir, num_frames=8, num_steps=4)
+    assert res.frames.shape == (8, 64, 64, 3)  # not 11 (three whole chunks after the prefix's first)
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,11 @@ class Magi1Family:
         # Seeded noise for every frame after the prefix, drawn on the CPU so every device gets the same video.
         gen = torch.Generator().manual_seed(rt.seed)
         noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)
-        return Magi1Generation(bundle.model, config, text, noise, prefix=prefix)
+        gen = Magi1Generation(bundle.model, config, text, noise, prefix=prefix)
+        # Whole chunks are generated; the output is cut to what was asked: num_frames after the conditioning
+        # (i2v: the image's latent frame opens the output; v2v: the prefix is not output).
+        gen.output_frames = rt.num_frames + (P * codec.temporal_downsample if mode == "i2v" else 0)
+        return gen
 
 
 def _has_model_config(path: Path) -> bool:
