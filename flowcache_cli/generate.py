@@ -27,7 +27,7 @@ from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, policy_names
 from flowcache_core.engine.events import ForwardEvent
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import usual_mode
+from flowcache_core.fileio import same_file, usual_mode
 from flowcache_core.models.attention import ATTN_BACKENDS
 from flowcache_core.video import check_output_path, read_image, read_video, write_video
 
@@ -104,8 +104,15 @@ def generate_cmd(
     check_output_path(output_path)
     if json_log is not None:
         check_output_path(json_log)
-        if json_log.resolve() == output_path.resolve():
+        if same_file(json_log, output_path):
             raise FlowcacheError(f"--json-log {str(json_log)!r} is the same file as --output-path")
+    for flag, given in (("--prefix-video", prefix_video), ("--image", image)):  # an input is never overwritten
+        if given is None:
+            continue
+        for out_flag, out in (("--output-path", output_path), ("--json-log", json_log)):
+            if out is not None and same_file(out, given):
+                raise FlowcacheError(f"{out_flag} {str(out)!r} is the same file as {flag} {str(given)!r}; "
+                                     "it would overwrite the input: write to another file")
     if mode not in MODES:
         raise FlowcacheError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "t2v" and not prompt.strip():

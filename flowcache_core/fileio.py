@@ -36,6 +36,15 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if the two paths name one file: the same inode when both exist (hard links, symlinks, another
+    spelling), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str = ".tmp"):
     """Yield a fresh hidden temp path beside `path` (same folder, so the rename is atomic); when the block

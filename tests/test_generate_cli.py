@@ -425,3 +425,32 @@ def test_available_memory_is_read_from_this_machine():
 
     free, source = available_memory_bytes()
     assert free > 0 and source
+
+
+# ------------------------------------------------------------------------------------------ inputs are never overwritten
+@pytest.mark.parametrize("how", ["same", "dotted", "symlink", "json-log"])
+def test_output_equal_to_the_prefix_video_is_refused(tiny_bundle_dir, tmp_path, monkeypatch, how):
+    prefix = tmp_path / "prefix.mp4"
+    write_video(prefix, smooth_frames(4, seed=2), 12, lossless=True)
+    before = prefix.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out, extra = {"same": (prefix, []), "dotted": (Path("sub/../prefix.mp4"), []),
+                  "symlink": (tmp_path / "link.mp4", []),
+                  "json-log": (tmp_path / "out.mp4", ["--json-log", prefix])}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        (tmp_path / "link.mp4").symlink_to(prefix)
+    r = gen(tiny_bundle_dir, out, "--mode", "v2v", "--prefix-video", prefix, "--quiet", *extra)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    line = r.output.strip()
+    assert "\n" not in line and "same file as --prefix-video" in line
+    assert prefix.read_bytes() == before and not (tmp_path / "out.mp4").exists()
+
+
+def test_json_log_equal_to_the_image_is_refused(tiny_bundle_dir, tmp_path):
+    image = tmp_path / "first.png"
+    write_image(image, smooth_frames(1)[0])
+    before = image.read_bytes()
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--mode", "i2v", "--image", image, "--json-log", image)
+    assert r.exit_code == 2 and "--json-log" in r.output and "same file as --image" in r.output
+    assert image.read_bytes() == before
