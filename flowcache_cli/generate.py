@@ -27,7 +27,7 @@ from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, policy_names
 from flowcache_core.engine.events import ForwardEvent
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import same_file, usual_mode
+from flowcache_core.fileio import remove_stale_temps, same_file, usual_mode
 from flowcache_core.models.attention import ATTN_BACKENDS
 from flowcache_core.video import check_output_path, read_image, read_video, write_video
 
@@ -41,30 +41,47 @@ class JsonLog:
     def __init__(self, path: Path | None) -> None:
         self.path, self._tmp, self._f = path, None, None
 
+    def _failed(self, e: OSError) -> FlowcacheError:
+        return FlowcacheError(f"cannot write --json-log {self.path}: {e.strerror or e}")
+
     def __enter__(self) -> "JsonLog":
         if self.path is not None:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            except OSError as e:
+                raise self._failed(e) from None
             self._tmp, self._f = Path(tmp), os.fdopen(fd, "w", encoding="utf-8")
         return self
 
     def __call__(self, event: object) -> None:
         if self._f is not None and isinstance(event, ForwardEvent):
-            self._f.write(json.dumps(event.to_json()) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(event.to_json()) + "\n")
+                self._f.flush()
+            except OSError as e:  # e.g. ENOSPC: a full disk
+                raise self._failed(e) from None
 
     def commit(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
-            usual_mode(self._tmp)
-            os.replace(self._tmp, self.path)
+            try:
+                f, self._f = self._f, None
+                f.close()
+                usual_mode(self._tmp)
+                os.replace(self._tmp, self.path)
+            except OSError as e:
+                raise self._failed(e) from None
             self._tmp = None
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # its buffered tail could not be written: the file is removed anyway
+                pass
+            self._f = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -136,6 +153,11 @@ def generate_cmd(
     image_px = read_image(image) if image is not None else None
     prefix_px = read_video(prefix_video)[0] if prefix_video is not None else None
     request.family.check_inputs(request.config, mode, image_px, prefix_px)
+
+    # Temp files a killed (SIGKILL) earlier run left for these destinations go now.
+    for dest in (output_path, json_log):
+        if dest is not None:
+            remove_stale_temps(dest)
 
     # 2. Load the model (a missing, corrupt or mismatched checkpoint fails here, in one line).
     bundle = load(request)

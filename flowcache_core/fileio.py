@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,35 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise FlowcacheError(f"output file {path} exists and is read-only")
     return path
+
+
+_MKSTEMP_NAME = r"[a-z0-9_]{8}"  # tempfile's random part
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temp files a killed writer (SIGKILL cannot be caught) left for `path`: ".{name}.{8 random}.tmp[...]"
+    beside it, as `atomic_write` and the JSON log make them."""
+    path = Path(path)
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\." + _MKSTEMP_NAME + r"\.tmp(\.[^/]*)?")
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+
+
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Remove `stale_temps(path)`; the number removed. Call it only where no other live process writes `path`."""
+    n = 0
+    for tmp in stale_temps(path):
+        try:
+            tmp.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise FlowcacheError(f"cannot remove the stale temp file {tmp} (left by a killed run): {e.strerror}") from None
+    return n
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -454,3 +454,86 @@ def test_json_log_equal_to_the_image_is_refused(tiny_bundle_dir, tmp_path):
     r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--mode", "i2v", "--image", image, "--json-log", image)
     assert r.exit_code == 2 and "--json-log" in r.output and "same file as --image" in r.output
     assert image.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ signals, full disks, stale temps
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_mid_run_removes_the_temp_files_and_exits_128_plus_signal(tiny_bundle_dir, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "flowcache_cli.main", "generate", "--checkpoint-dir", str(tiny_bundle_dir),
+           "--output-path", str(out), "--prompt", PROMPT, "--num-frames", "2000", "--json-log", str(log), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in tmp_path.glob(".log.jsonl.*.tmp")):  # mid-run: log lines written
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"stopped by {sig}")
+    assert leftovers(tmp_path) == [] and not out.exists() and not log.exists()
+
+
+def test_a_full_disk_writing_the_json_log_is_one_line_and_leaves_nothing(tiny_bundle_dir, tmp_path, monkeypatch):
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", PROMPT, "--json-log", tmp_path / "log.jsonl",
+            "--num-steps", 4, "--quiet")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip() == f"error: cannot write --json-log {tmp_path / 'log.jsonl'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_oserror_writing_the_video_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from flowcache_core import video
+    from flowcache_core.errors import FlowcacheError
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    import subprocess
+    import types
+
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: "ffmpeg")
+    monkeypatch.setattr(video, "subprocess", types.SimpleNamespace(Popen=full, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL))
+    with pytest.raises(FlowcacheError, match="cannot write video .*out.mp4: No space left on device"):
+        write_video(tmp_path / "out.mp4", smooth_frames(2), 12)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_run_removes_temps_a_killed_run_left_for_its_destinations(tiny_bundle_dir, tmp_path):
+    stale = [".out.mp4.ab12cd_3.tmp.mp4", ".log.jsonl.zz9yx8w7.tmp"]
+    kept = [".other.mp4.ab12cd_3.tmp.mp4", ".out.mp4.notes"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    ok(gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", PROMPT, "--json-log", tmp_path / "log.jsonl",
+           "--num-steps", 4, "--num-frames", 4, "--quiet"))
+    assert leftovers(tmp_path) == sorted(kept)
