@@ -235,3 +235,19 @@ def test_prompt_file_byte_order_mark_is_not_part_of_the_prompt(tmp_path):
     f.write_bytes("a red ball\nb\n".encode("utf-8-sig"))  # as Notepad saves UTF-8
     assert [p.text for p in bm.read_prompt_file(f)] == ["a red ball", "b"]
     assert [it.file for it in bm.prompt_items(bm.read_prompt_file(f), 1)] == ["a red ball-0.mp4", "b-0.mp4"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["vbench", "--num-steps", "5"], "multiple of window_size"),  # checked only after the model loaded
+    (["vbench", "--num-frames", str(10**12)], "--num-frames"),  # more frames than memory
+    (["physicsiq", "--dataset-dir", "PIQ", "--num-frames", "3"], "shorter than PhysicsIQ's 5 s"),
+    (["vbench", "--rel-l1-thresh", "0.1", "--cache", "flowcache", "--total-cache-chunk-nums", "2"], "window_size"),
+])  # fmt: skip
+def test_checks_run_before_anything_is_created_on_disk(tiny_bundle_dir, physicsiq_dir, tmp_path, args, needle):
+    """Issue 21 item 7: these failed after the model loaded, leaving an empty output tree and manifest.rank0.jsonl."""
+    out = tmp_path / "new" / "out"
+    r = invoke(*[str(physicsiq_dir) if a == "PIQ" else a for a in args], "--checkpoint-dir", tiny_bundle_dir,
+               "--output-dir", out)
+    assert r.exit_code == 2
+    assert needle in one_error_line(r)
+    assert not (tmp_path / "new").exists()
