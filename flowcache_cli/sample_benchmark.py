@@ -74,7 +74,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
             task = progress.add_task("videos", total=len(mine), last="")
 
             def on_progress(e: bm.ItemDone) -> None:
-                status = "already there" if e.skipped else f"{e.seconds:.1f}s"
+                status = "another run makes it" if e.elsewhere else "already there" if e.skipped else f"{e.seconds:.1f}s"
                 progress.update(task, completed=e.done, last=f"{e.item.file[:48]} ({status})")
 
             summary = bm.sample_items(mine, out, settings, bundle=bundle, rank=shard.index, on_progress=on_progress)
@@ -87,7 +87,8 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
     finally:
         bm.close_distributed(shard)
     # One summary line per process, --quiet included (it only turns the live bar off).
-    line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there "
+    elsewhere = f", {summary.elsewhere} being made by another run on this folder" if summary.elsewhere else ""
+    line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there{elsewhere} "
             f"({len(items)} in the set), {summary.seconds:.1f}s")  # fmt: skip
     console.print(line + (f"; manifest {merged}" if merged is not None else ""), highlight=False, soft_wrap=True)
 

@@ -66,6 +66,48 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
     return n
 
 
+@contextlib.contextmanager
+def claim(path: str | os.PathLike):
+    """Claim the right to write `path` among processes sharing its folder: yields True if this process holds the
+    claim (until the block ends), False if another live process holds it. The claim is an exclusive `flock` on a
+    hidden lock file beside it, ".{name}.lock" (holding pid and host, for people): the kernel drops the lock when
+    its process dies, however it dies (SIGKILL included), so a dead process's lock file is simply taken over.
+    The lock file is removed when the block ends."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FlowcacheError(f"cannot create the lock file {lock}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the file may have been removed (and another created) by its holder between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield True
+    finally:
+        try:
+            lock.unlink()  # while still locked: a process that opened it re-checks the inode and retries
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True if the two paths name one file: the same inode when both exist (hard links, symlinks, another
     spelling), else the same resolved path."""
