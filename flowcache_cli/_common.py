@@ -99,9 +99,22 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _no_type(ctx) -> None:
+    return None
+
+
 class OneLineUsageErrors(TyperCommand):
     """Typer's own usage errors (a missing option, a value that is not a number) as one line + exit 2,
     instead of a multi-line box, like every other error of the command."""
+
+    def get_params(self, ctx):
+        """Boolean flags (--quiet, --lossless, --help) take no value: --help shows no type for them (Typer
+        would show `<bool>`, as if they took one)."""
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False):
+                p.display_type_rich = _no_type
+        return params
 
     def parse_args(self, ctx, args):
         try:

@@ -25,7 +25,7 @@ from flowcache_cli.progress import ProgressView, summary_table
 from flowcache_core.api import MODES, generate, load, resolve
 from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, policy_names
-from flowcache_core.engine.events import ForwardEvent
+from flowcache_core.engine.events import ForwardEvent, UnknownWords
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import remove_stale_temps, same_file, usual_mode
 from flowcache_core.models.attention import ATTN_BACKENDS
@@ -165,6 +165,11 @@ def generate_cmd(
     # 3. Sample with live progress, write the video (atomic), then the JSON log (atomic).
     with ProgressView(err_console, enabled=not quiet) as view, JsonLog(json_log) as log:
         def on_event(event: object) -> None:
+            if isinstance(event, UnknownWords):
+                err_console.print(f"warning: the model does not know the prompt word{'s' if len(event.words) > 1 else ''} "
+                                  f"{', '.join(event.words)}: ignored (its vocabulary: README, \"Prompt vocabulary\")",
+                                  markup=False, highlight=False, soft_wrap=True)
+                return
             view(event)
             log(event)
 

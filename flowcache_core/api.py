@@ -23,7 +23,7 @@ import torch
 from flowcache_core.cache.kv import KVStore
 from flowcache_core.checks import check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
-from flowcache_core.engine.events import RunRecord
+from flowcache_core.engine.events import RunRecord, UnknownWords
 from flowcache_core.engine.family import Bundle, Family, find_family
 from flowcache_core.engine.loop import Generation, run_chunks
 from flowcache_core.errors import FlowcacheError
@@ -148,6 +148,12 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         events.append(e)
         if on_event is not None:
             on_event(e)
+
+    unknown = getattr(b.text_encoder, "unknown_words", None)  # a closed vocabulary: words outside it are noise
+    if unknown is not None and request.prompt.strip():
+        words = unknown(request.prompt)
+        if words:
+            emit(UnknownWords(words))
 
     dev = b.device
     if dev.type == "cuda":

@@ -537,3 +537,51 @@ def test_the_next_run_removes_temps_a_killed_run_left_for_its_destinations(tiny_
     ok(gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", PROMPT, "--json-log", tmp_path / "log.jsonl",
            "--num-steps", 4, "--num-frames", 4, "--quiet"))
     assert leftovers(tmp_path) == sorted(kept)
+
+
+# ------------------------------------------------------------------------------------------ what a new user found (issue 21 item 10)
+def test_unknown_prompt_words_are_warned_about_in_one_line(tiny_bundle_dir, tmp_path):
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", "a red circle zooms quickly to the right, zooms",
+            "--num-steps", 4, "--num-frames", 4, "--quiet")
+    ok(r)
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "zooms, quickly:" in warnings[0] and "Prompt vocabulary" in warnings[0]
+    r = gen(tiny_bundle_dir, tmp_path / "out2.mp4", "--prompt", PROMPT, "--num-steps", 4, "--num-frames", 4, "--quiet")
+    ok(r)
+    assert "warning" not in r.output
+
+
+def test_the_api_reports_unknown_words_as_an_event(tiny_bundle_dir):
+    from flowcache_core.api import generate
+    from flowcache_core.engine.events import UnknownWords
+
+    res = generate("a Red circle glides", checkpoint_dir=tiny_bundle_dir, num_steps=4, num_frames=4)
+    assert [e.words for e in res.events if isinstance(e, UnknownWords)] == [["glides"]]
+
+
+def test_readme_lists_the_default_models_vocabulary():
+    from flowcache_core.engine.family import DEFAULT_MODEL_DIR
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Prompt vocabulary", 1)[1].split("\n#", 1)[0]
+    vocab = json.loads((DEFAULT_MODEL_DIR / "text_encoder.json").read_text())["config"]["vocab"][2:]
+    assert all(f"`{w}`" in section for w in vocab)
+
+
+@pytest.mark.parametrize("command", [["generate"], ["sweep"], ["evaluate"], ["sample-benchmark", "vbench"]])
+def test_boolean_flags_show_no_value_in_help(command):
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0 and "--help" in r.output and "<bool>" not in r.output
+
+
+def test_odd_messages_are_gone(tmp_path):
+    from flowcache_core.errors import FlowcacheError
+    from flowcache_core.models.codec import SpaceToDepthCodec
+    from flowcache_core.models.magi1.bundle import load_bundle
+
+    with pytest.raises(FlowcacheError) as e:
+        load_bundle(variant="4.5B_distill")  # the shipped model: no path given
+    assert "'None'" not in str(e.value) and "default model" in str(e.value)
+    with pytest.raises(FlowcacheError) as e:
+        SpaceToDepthCodec(4, 1).latent_shape(0, 64, 64)
+    assert "multiple of 1" not in str(e.value) and "num_frames=0 must be at least 1" in str(e.value)
