@@ -83,8 +83,10 @@ def sweep_cmd(
                       lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
     cfg.validate()
     check_device(device, "--device")
+    request = resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps,
+                      spelled={"num_steps": "--num-steps"})  # every cheap check before the folder is created
     out = check_output_dir(output_dir)
-    bundle = load(resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps))
+    bundle = load(request)
 
     show = not quiet and err_console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

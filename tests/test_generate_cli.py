@@ -252,7 +252,8 @@ BAD = {
     "unknown cache policy": (["--prompt", PROMPT, "--cache", "deepcache"], ["--cache", "none, teacache, flowcache"]),
     "unknown reuse": (["--prompt", PROMPT, "--reuse", "both"], ["--reuse", "displacement, velocity"]),
     "not a number": (["--prompt", PROMPT, "--num-steps", "many"], ["--num-steps"]),
-    "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["num_steps 6", "window_size"]),
+    "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["--num-steps 6 must be a multiple", "window_size"]),
+    "cfg number not 1 or 3": (["--prompt", PROMPT, "--cfg-number", "2"], ["--cfg-number 2 not supported"]),
     "config file unknown key": (["--prompt", PROMPT, "--config-file", "{inputs}/unknown_key.json"], ["num_stepz"]),
     # issue 16 item 5: each of these gave a traceback (exit 1)
     "config seed string": (["--prompt", PROMPT, "--config-file", "{inputs}/seed_string.json"],

@@ -189,6 +189,13 @@ def test_a_failure_late_keeps_the_runs_done(tiny_bundle_dir, tmp_path, monkeypat
     assert data["complete"] is False and [row["setting"] for row in data["runs"]] == ["none", "flowcache-velocity@0.1"]
 
 
+def test_a_bad_num_steps_fails_before_the_output_folder_is_created(tiny_bundle_dir, tmp_path):
+    r = runner.invoke(app, ["sweep", "--num-steps", "6", "--checkpoint-dir", str(tiny_bundle_dir),
+                            "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and r.output.strip() == "error: --num-steps 6 must be a multiple of window_size 4"
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unwritable_output_fails_before_the_first_video(tiny_bundle_dir, tmp_path, monkeypatch):
     from flowcache_core.eval import sweep
 

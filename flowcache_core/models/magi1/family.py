@@ -71,8 +71,15 @@ class Magi1Family:
                                      f"(allowed: {', '.join(sorted(known))})")
             check_config_section("runtime_config", overlay, where=source)
             config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overlay))
-        config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
-                                cfg_number=cfg_number, seed=seed).validate()
+        try:
+            config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
+                                    cfg_number=cfg_number, seed=seed).validate()
+        except FlowcacheError as e:  # a rule on a value the request gave: name it as the caller spelled it
+            msg = str(e)
+            for opt, key, given in (("num_steps", "num_steps", num_steps), ("cfg_number", "cfg_number", cfg_number)):
+                if given is not None and msg.startswith(f"runtime_config: {key} "):
+                    msg = spelled.get(opt, opt) + msg[len(f"runtime_config: {key}"):]
+            raise FlowcacheError(msg) from None
         # a value the request did not set comes from the config (the checkpoint's, or the config file's)
         def name(option, given, key):
             return spelled.get(option, option) if given is not None else f"runtime_config.{key}"
