@@ -1,11 +1,14 @@
 """What every command shares: one console for output, one for errors, and the one-line error contract."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import math
+import signal
 import sys
+import threading
 from typing import Callable, Optional, TypeVar
 
 import typer
@@ -42,25 +45,76 @@ def fail(message: str) -> "typer.Exit":
     return typer.Exit(code=2)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds the command like Ctrl-C does, so that every `with` block removes its
+    temp files (atomic writes, the JSON log) on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+CAUGHT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_unwind():
+    """While the block runs, SIGTERM/SIGHUP raise Terminated (in the main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in CAUGHT_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def user_errors(fn: F) -> F:
-    """Turn FlowcacheError (bad input the user can fix) into one line on stderr and exit code 2."""
+    """Turn FlowcacheError (bad input the user can fix) into one line on stderr and exit code 2. Ctrl-C, SIGTERM
+    and SIGHUP remove the temp files being written and exit with one line and 128 + the signal number (130,
+    143, 129), the shell's convention."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with signals_unwind():
+                return fn(*args, **kwargs)
         except FlowcacheError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
+        except Terminated as e:
+            name = signal.Signals(e.signum).name
+            err_console.print(f"stopped by {name}; nothing half-written is left (temp files removed)", highlight=False,
+                              soft_wrap=True)
+            sys.exit(128 + e.signum)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _no_type(ctx) -> None:
+    return None
 
 
 class OneLineUsageErrors(TyperCommand):
     """Typer's own usage errors (a missing option, a value that is not a number) as one line + exit 2,
     instead of a multi-line box, like every other error of the command."""
+
+    def get_params(self, ctx):
+        """Boolean flags (--quiet, --lossless, --help) take no value: --help shows no type for them (Typer
+        would show `<bool>`, as if they took one)."""
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False):
+                p.display_type_rich = _no_type
+        return params
 
     def parse_args(self, ctx, args):
         try:

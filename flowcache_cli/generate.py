@@ -25,9 +25,9 @@ from flowcache_cli.progress import ProgressView, summary_table
 from flowcache_core.api import MODES, generate, load, resolve
 from flowcache_core.checks import MAX_NUM_STEPS, check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, policy_names
-from flowcache_core.engine.events import ForwardEvent
+from flowcache_core.engine.events import ForwardEvent, UnknownWords
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import usual_mode
+from flowcache_core.fileio import remove_stale_temps, same_file, usual_mode
 from flowcache_core.models.attention import ATTN_BACKENDS
 from flowcache_core.video import check_output_path, read_image, read_video, write_video
 
@@ -41,34 +41,51 @@ class JsonLog:
     def __init__(self, path: Path | None) -> None:
         self.path, self._tmp, self._f = path, None, None
 
+    def _failed(self, e: OSError) -> FlowcacheError:
+        return FlowcacheError(f"cannot write --json-log {self.path}: {e.strerror or e}")
+
     def __enter__(self) -> "JsonLog":
         if self.path is not None:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            except OSError as e:
+                raise self._failed(e) from None
             self._tmp, self._f = Path(tmp), os.fdopen(fd, "w", encoding="utf-8")
         return self
 
     def __call__(self, event: object) -> None:
         if self._f is not None and isinstance(event, ForwardEvent):
-            self._f.write(json.dumps(event.to_json()) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(event.to_json()) + "\n")
+                self._f.flush()
+            except OSError as e:  # e.g. ENOSPC: a full disk
+                raise self._failed(e) from None
 
     def commit(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
-            usual_mode(self._tmp)
-            os.replace(self._tmp, self.path)
+            try:
+                f, self._f = self._f, None
+                f.close()
+                usual_mode(self._tmp)
+                os.replace(self._tmp, self.path)
+            except OSError as e:
+                raise self._failed(e) from None
             self._tmp = None
 
     def __exit__(self, *exc) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # its buffered tail could not be written: the file is removed anyway
+                pass
+            self._f = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
 # ------------------------------------------------------------------------------------------ the command
-FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in ("seed", "num_steps", "num_frames", "height", "width")}
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in ("seed", "num_steps", "num_frames", "height", "width", "cfg_number")}
 
 def generate_cmd(
     output_path: Path = typer.Option(..., "--output-path", help="The mp4 to write (its folder must exist)."),
@@ -104,8 +121,15 @@ def generate_cmd(
     check_output_path(output_path)
     if json_log is not None:
         check_output_path(json_log)
-        if json_log.resolve() == output_path.resolve():
+        if same_file(json_log, output_path):
             raise FlowcacheError(f"--json-log {str(json_log)!r} is the same file as --output-path")
+    for flag, given in (("--prefix-video", prefix_video), ("--image", image)):  # an input is never overwritten
+        if given is None:
+            continue
+        for out_flag, out in (("--output-path", output_path), ("--json-log", json_log)):
+            if out is not None and same_file(out, given):
+                raise FlowcacheError(f"{out_flag} {str(out)!r} is the same file as {flag} {str(given)!r}; "
+                                     "it would overwrite the input: write to another file")
     if mode not in MODES:
         raise FlowcacheError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "t2v" and not prompt.strip():
@@ -130,12 +154,22 @@ def generate_cmd(
     prefix_px = read_video(prefix_video)[0] if prefix_video is not None else None
     request.family.check_inputs(request.config, mode, image_px, prefix_px)
 
+    # Temp files a killed (SIGKILL) earlier run left for these destinations go now.
+    for dest in (output_path, json_log):
+        if dest is not None:
+            remove_stale_temps(dest)
+
     # 2. Load the model (a missing, corrupt or mismatched checkpoint fails here, in one line).
     bundle = load(request)
 
     # 3. Sample with live progress, write the video (atomic), then the JSON log (atomic).
     with ProgressView(err_console, enabled=not quiet) as view, JsonLog(json_log) as log:
         def on_event(event: object) -> None:
+            if isinstance(event, UnknownWords):
+                err_console.print(f"warning: the model does not know the prompt word{'s' if len(event.words) > 1 else ''} "
+                                  f"{', '.join(event.words)}: ignored (its vocabulary: README, \"Prompt vocabulary\")",
+                                  markup=False, highlight=False, soft_wrap=True)
+                return
             view(event)
             log(event)
 

@@ -39,18 +39,31 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
             cache: CacheConfig, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
     """Shared tail of both commands: bundle once, this process's items, progress, barrier, merged manifest.
 
-    build_items(bundle) -> (all items, keep_frames or None, note or None); num_frames_for(bundle) -> int|None.
+    build_items(config) -> (all items, keep_frames or None, note or None); num_frames_for(config) -> int|None,
+    with `config` the resolved model config (no weights loaded).
     """
-    check_device(device, "--device")  # before anything is created on disk
+    # Every check that needs no weights, before anything is created on disk: the request resolved as the API
+    # resolves it (steps, frames, memory, cache options), the items and their input files.
+    check_device(device, "--device")
+    spelled = {"num_steps": "--num-steps", "num_frames": "--num-frames"}
+
+    def request_on(dev: str):
+        base = resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=dev, num_steps=num_steps,
+                       spelled=spelled)
+        return resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=dev, num_steps=num_steps,
+                       num_frames=num_frames_for(base.config), spelled=spelled)
+
+    request = request_on(device)
+    items, keep_frames, note = build_items(request.config)
+    mine = shard.take(items)
+    bm.check_inputs(mine)
     out = bm.prepare_output_dir(output_dir)
-    device = bm.init_distributed(shard, device)
+    distributed_device = bm.init_distributed(shard, device)
     try:
-        request = resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps)
+        if distributed_device != device:  # torchrun: this rank's cuda:LOCAL_RANK
+            device, request = distributed_device, request_on(distributed_device)
         bundle = load(request)
-        items, keep_frames, note = build_items(bundle)
-        mine = shard.take(items)
-        bm.check_inputs(mine)
-        settings = bm.SamplingSettings(cache, num_steps, num_frames_for(bundle), device, lossless, keep_frames)
+        settings = bm.SamplingSettings(cache, num_steps, num_frames_for(bundle.config), device, lossless, keep_frames)
         rank_label = f"shard {shard.index}/{shard.count}" if shard.count > 1 else "all"
         show = not quiet and shard.index == 0 if shard.distributed else not quiet
         if note and show:
@@ -61,7 +74,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
             task = progress.add_task("videos", total=len(mine), last="")
 
             def on_progress(e: bm.ItemDone) -> None:
-                status = "already there" if e.skipped else f"{e.seconds:.1f}s"
+                status = "another run makes it" if e.elsewhere else "already there" if e.skipped else f"{e.seconds:.1f}s"
                 progress.update(task, completed=e.done, last=f"{e.item.file[:48]} ({status})")
 
             summary = bm.sample_items(mine, out, settings, bundle=bundle, rank=shard.index, on_progress=on_progress)
@@ -74,7 +87,8 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
     finally:
         bm.close_distributed(shard)
     # One summary line per process, --quiet included (it only turns the live bar off).
-    line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there "
+    elsewhere = f", {summary.elsewhere} being made by another run on this folder" if summary.elsewhere else ""
+    line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there{elsewhere} "
             f"({len(items)} in the set), {summary.seconds:.1f}s")  # fmt: skip
     console.print(line + (f"; manifest {merged}" if merged is not None else ""), highlight=False, soft_wrap=True)
 
@@ -107,8 +121,8 @@ def vbench_cmd(
     items = bm.limit_items(bm.prompt_items(prompts, samples_per_prompt, seed), limit)
     cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
     _sample("vbench" if prompt_file is None else f"prompts:{prompt_file.name}", the_shard,
-            lambda bundle: (items, None, None), output_dir, checkpoint_dir, device, cache_request, num_steps,
-            lambda bundle: num_frames, lossless, quiet)
+            lambda config: (items, None, None), output_dir, checkpoint_dir, device, cache_request, num_steps,
+            lambda config: num_frames, lossless, quiet)
 
 
 # ----------------------------------------------------------------------------------------------- physicsiq
@@ -132,23 +146,23 @@ def physicsiq_cmd(
     rows = bm.read_physicsiq(dataset_dir)
     cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
 
-    def need(bundle) -> int:
-        return bundle.config.runtime.fps * bm.PHYSICSIQ_SECONDS
+    def need(config) -> int:
+        return config.runtime.fps * bm.PHYSICSIQ_SECONDS
 
-    def build(bundle):
-        fps = bundle.config.runtime.fps
-        if num_frames is not None and num_frames < need(bundle):
-            raise FlowcacheError(f"--num-frames {num_frames} is shorter than PhysicsIQ's 5 s at {fps} fps ({need(bundle)} frames)")
+    def build(config):
+        fps = config.runtime.fps
+        if num_frames is not None and num_frames < need(config):
+            raise FlowcacheError(f"--num-frames {num_frames} is shorter than PhysicsIQ's 5 s at {fps} fps ({need(config)} frames)")
         items = bm.limit_items(bm.physicsiq_items(rows, dataset_dir, mode, fps, seed), limit)
         note = None
         if mode == "v2v":
             src = items[0].prefix_fps
             how = "as is" if src == fps else f"resampled to {fps} fps"
-            note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(bundle)} frames at {fps} fps"
-        return items, need(bundle), note
+            note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(config)} frames at {fps} fps"
+        return items, need(config), note
 
     _sample(f"physicsiq-{mode}", the_shard, build, output_dir, checkpoint_dir, device, cache_request, num_steps,
-            lambda bundle: max(num_frames or 0, need(bundle)), lossless, quiet)
+            lambda config: max(num_frames or 0, need(config)), lossless, quiet)
 
 
 def register(app: typer.Typer) -> None:

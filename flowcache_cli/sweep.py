@@ -6,6 +6,7 @@ the model loads. The work lives in `flowcache_core.eval.sweep`.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +65,10 @@ def sweep_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only the JSON path."),
 ) -> None:
     """Run every cache setting on the same prompts and seeds, compare with none, recommend the fastest above a floor."""
+    if not math.isfinite(min_psnr):
+        raise FlowcacheError(f"--min-psnr {min_psnr!r} must be a finite number (dB)")
+    if not 0.0 <= min_ssim <= 1.0:
+        raise FlowcacheError(f"--min-ssim {min_ssim!r} must be in [0, 1]")
     if warmup_steps is not None and warmup_steps < 0:
         raise FlowcacheError(f"--warmup-steps {warmup_steps} must be >= 0")
     thr = parse_float_list(thresholds, "--thresholds")
@@ -78,8 +83,10 @@ def sweep_cmd(
                       lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
     cfg.validate()
     check_device(device, "--device")
+    request = resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps,
+                      spelled={"num_steps": "--num-steps"})  # every cheap check before the folder is created
     out = check_output_dir(output_dir)
-    bundle = load(resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps))
+    bundle = load(request)
 
     show = not quiet and err_console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -89,7 +96,9 @@ def sweep_cmd(
         def on_progress(p) -> None:
             progress.update(task, completed=p.done, total=p.total, last=f"{p.setting} seed {p.seed}: {p.seconds:.1f}s")
 
-        result = run_sweep(cfg, bundle=bundle, on_progress=on_progress)
+        # sweep.json holds the runs done so far ("complete": false) from before the first video: a failure late
+        # (a full disk) keeps them, and an unwritable folder fails before any work.
+        result = run_sweep(cfg, bundle=bundle, on_progress=on_progress, partial_json=out / "sweep.json")
     json_path = write_json(result.to_dict(), out / "sweep.json")
     plot_msg = pareto_plot(result.summaries, out / "sweep_pareto.png",
                            title=f"{len(texts)} prompts x {len(sds)} seeds, {result.model['num_steps']} steps")

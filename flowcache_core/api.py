@@ -23,7 +23,7 @@ import torch
 from flowcache_core.cache.kv import KVStore
 from flowcache_core.checks import check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
-from flowcache_core.engine.events import RunRecord
+from flowcache_core.engine.events import RunRecord, UnknownWords
 from flowcache_core.engine.family import Bundle, Family, find_family
 from flowcache_core.engine.loop import Generation, run_chunks
 from flowcache_core.errors import FlowcacheError
@@ -50,10 +50,12 @@ class Request:
 
 @dataclass
 class GenerationResult:
-    frames: np.ndarray  # (T, H, W, 3) uint8, generated frames only (a v2v prefix is not repeated)
+    frames: np.ndarray  # (T, H, W, 3) uint8: exactly num_frames generated frames (whole chunks are generated, the
+    #                     rest dropped at the end); a v2v prefix is not repeated; i2v: the image first (frame 0), then num_frames
+
     fps: int
     record: RunRecord
-    latents: torch.Tensor  # (C, T', h, w) the emitted clean latents
+    latents: torch.Tensor  # (C, T', h, w) the emitted clean latents (whole chunks, not cut to num_frames)
     cache: ResolvedCache
     events: list = field(default_factory=list)
 
@@ -147,6 +149,12 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         if on_event is not None:
             on_event(e)
 
+    unknown = getattr(b.text_encoder, "unknown_words", None)  # a closed vocabulary: words outside it are noise
+    if unknown is not None and request.prompt.strip():
+        words = unknown(request.prompt)
+        if words:
+            emit(UnknownWords(words))
+
     dev = b.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -157,4 +165,8 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         frames.append(to_pixels(b.codec.decode(lat.float())))
     if dev.type == "cuda":
         record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
-    return GenerationResult(np.concatenate(frames), gen.fps, record, torch.cat(latents, 1), request.cache, events)
+    video = np.concatenate(frames)
+    keep = getattr(gen, "output_frames", None)  # whole chunks were generated: drop the frames past the request
+    if keep is not None:
+        video = video[:keep]
+    return GenerationResult(video, gen.fps, record, torch.cat(latents, 1), request.cache, events)

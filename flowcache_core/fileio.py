@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,86 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise FlowcacheError(f"output file {path} exists and is read-only")
     return path
+
+
+_MKSTEMP_NAME = r"[a-z0-9_]{8}"  # tempfile's random part
+
+
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Temp files a killed writer (SIGKILL cannot be caught) left for `path`: ".{name}.{8 random}.tmp[...]"
+    beside it, as `atomic_write` and the JSON log make them."""
+    path = Path(path)
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\." + _MKSTEMP_NAME + r"\.tmp(\.[^/]*)?")
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+
+
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Remove `stale_temps(path)`; the number removed. Call it only where no other live process writes `path`."""
+    n = 0
+    for tmp in stale_temps(path):
+        try:
+            tmp.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise FlowcacheError(f"cannot remove the stale temp file {tmp} (left by a killed run): {e.strerror}") from None
+    return n
+
+
+@contextlib.contextmanager
+def claim(path: str | os.PathLike):
+    """Claim the right to write `path` among processes sharing its folder: yields True if this process holds the
+    claim (until the block ends), False if another live process holds it. The claim is an exclusive `flock` on a
+    hidden lock file beside it, ".{name}.lock" (holding pid and host, for people): the kernel drops the lock when
+    its process dies, however it dies (SIGKILL included), so a dead process's lock file is simply taken over.
+    The lock file is removed when the block ends."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FlowcacheError(f"cannot create the lock file {lock}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the file may have been removed (and another created) by its holder between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield True
+    finally:
+        try:
+            lock.unlink()  # while still locked: a process that opened it re-checks the inode and retries
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if the two paths name one file: the same inode when both exist (hard links, symlinks, another
+    spelling), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
 
 
 @contextlib.contextmanager

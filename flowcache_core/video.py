@@ -117,6 +117,14 @@ def write_video(
         codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
     ph, pw = frames.shape[1:3]
     rate = str(Fraction(fps).limit_denominator(1001 * 1000))
+    try:
+        _encode(path, frames, rate, codec, pw, ph, w, h)
+    except OSError as e:  # e.g. ENOSPC, or no process could be started: the temp file is gone already
+        raise FlowcacheError(f"cannot write video {path}: {e.strerror or e}") from None
+    return path
+
+
+def _encode(path: Path, frames: np.ndarray, rate: str, codec: list[str], pw: int, ph: int, w: int, h: int) -> None:
     with atomic_write(path, ".mp4") as tmp:
         cmd = [
             ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
@@ -138,7 +146,6 @@ def write_video(
             stderr = err.read().decode("utf-8", "replace")
         if rc != 0:
             raise FlowcacheError(f"cannot write video {path}: ffmpeg: {_ffmpeg_reason(stderr)}")
-    return path
 
 
 @dataclass(frozen=True)

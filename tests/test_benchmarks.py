@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +275,36 @@ def test_manifest_lines_of_the_wrong_shape(tmp_path, line, needle):
     with pytest.raises(FlowcacheError, match="manifest .*manifest.rank0.jsonl line 2") as e:
         bm.merge_manifests(tmp_path, [])
     assert needle in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------- claims (issue 21 item 9)
+def test_claim_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    from flowcache_core.fileio import claim
+
+    target = tmp_path / "a.mp4"
+    lock = tmp_path / ".a.mp4.lock"
+    with claim(target) as first:
+        assert first and lock.read_text().split()[0] == str(os.getpid())
+        with claim(target) as second:  # another open file description: as another process would see it
+            assert not second
+    assert not lock.exists()
+    lock.write_text("999999 somehost\n")  # left by a killed process: no one holds the flock
+    with claim(target) as mine:
+        assert mine
+    assert not lock.exists()
+
+
+def test_sample_items_skips_an_item_another_run_holds(tmp_path):
+    from flowcache_core.cache.settings import CacheConfig
+    from flowcache_core.fileio import claim
+
+    items = bm.prompt_items(bm.read_prompt_file(_write(tmp_path / "p.txt", "a\nb\n")), 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = bm.SamplingSettings(CacheConfig(), lossless=True)
+    (out / f".{items[1].file}.lock").write_text("1 host\n")  # a dead run's lock on b: taken over
+    with claim(out / items[0].file):  # a live run makes a
+        s = bm.sample_items(items, out, settings, bundle=_Bundle, generate_fn=fake_generate)
+    assert (s.generated, s.skipped, s.elsewhere) == (1, 0, 1)
+    assert not (out / items[0].file).exists() and (out / items[1].file).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([items[1].file, "manifest.rank0.jsonl"])

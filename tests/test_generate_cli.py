@@ -113,7 +113,7 @@ def test_i2v_first_frame_is_the_image(tiny_bundle_dir, tmp_path):
     ok(gen(tiny_bundle_dir, out, "--mode", "i2v", "--image", tmp_path / "first.png", "--prompt", PROMPT,
            "--num-frames", 8, "--quiet"))
     frames, _ = read_video(out)
-    assert frames.shape[0] >= 8 and frames.shape[1:] == (64, 64, 3)
+    assert frames.shape == (9, 64, 64, 3)  # the image, then exactly --num-frames (8) generated frames
     err = np.abs(frames[0].astype(int) - image.astype(int))
     assert err.mean() < 2.0 and err.max() < 24  # default H.264 (CRF 12, 4:2:0): codec error only
 
@@ -126,6 +126,21 @@ def test_v2v_outputs_only_the_generated_part(tiny_bundle_dir, tmp_path):
            "--quiet"))
     frames, _ = read_video(out)
     assert frames.shape == (8, 64, 64, 3)  # --num-frames (8) generated after the prefix, prefix not repeated
+
+
+@pytest.mark.parametrize("asked", [1, 5])
+def test_num_frames_is_exact_not_rounded_up_to_a_chunk(tiny_bundle_dir, tmp_path, asked):
+    out = tmp_path / "t2v.mp4"
+    ok(gen(tiny_bundle_dir, out, "--prompt", PROMPT, "--num-frames", asked, "--num-steps", 4, "--quiet"))
+    assert read_video(out)[0].shape[0] == asked  # chunks of 4 are generated, the extra frames dropped at the end
+
+
+def test_v2v_num_frames_counts_after_a_partial_prefix(tiny_bundle_dir, tmp_path):
+    from flowcache_core.api import generate
+
+    prefix = smooth_frames(5, seed=7)  # one chunk and one frame: the last chunk is partly prefix
+    res = generate("", mode="v2v", prefix_video=prefix, checkpoint_dir=tiny_bundle_dir, num_frames=8, num_steps=4)
+    assert res.frames.shape == (8, 64, 64, 3)  # not 11 (three whole chunks after the prefix's first)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +252,8 @@ BAD = {
     "unknown cache policy": (["--prompt", PROMPT, "--cache", "deepcache"], ["--cache", "none, teacache, flowcache"]),
     "unknown reuse": (["--prompt", PROMPT, "--reuse", "both"], ["--reuse", "displacement, velocity"]),
     "not a number": (["--prompt", PROMPT, "--num-steps", "many"], ["--num-steps"]),
-    "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["num_steps 6", "window_size"]),
+    "steps not a window multiple": (["--prompt", PROMPT, "--num-steps", "6"], ["--num-steps 6 must be a multiple", "window_size"]),
+    "cfg number not 1 or 3": (["--prompt", PROMPT, "--cfg-number", "2"], ["--cfg-number 2 not supported"]),
     "config file unknown key": (["--prompt", PROMPT, "--config-file", "{inputs}/unknown_key.json"], ["num_stepz"]),
     # issue 16 item 5: each of these gave a traceback (exit 1)
     "config seed string": (["--prompt", PROMPT, "--config-file", "{inputs}/seed_string.json"],
@@ -410,3 +426,163 @@ def test_available_memory_is_read_from_this_machine():
 
     free, source = available_memory_bytes()
     assert free > 0 and source
+
+
+# ------------------------------------------------------------------------------------------ inputs are never overwritten
+@pytest.mark.parametrize("how", ["same", "dotted", "symlink", "json-log"])
+def test_output_equal_to_the_prefix_video_is_refused(tiny_bundle_dir, tmp_path, monkeypatch, how):
+    prefix = tmp_path / "prefix.mp4"
+    write_video(prefix, smooth_frames(4, seed=2), 12, lossless=True)
+    before = prefix.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out, extra = {"same": (prefix, []), "dotted": (Path("sub/../prefix.mp4"), []),
+                  "symlink": (tmp_path / "link.mp4", []),
+                  "json-log": (tmp_path / "out.mp4", ["--json-log", prefix])}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        (tmp_path / "link.mp4").symlink_to(prefix)
+    r = gen(tiny_bundle_dir, out, "--mode", "v2v", "--prefix-video", prefix, "--quiet", *extra)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    line = r.output.strip()
+    assert "\n" not in line and "same file as --prefix-video" in line
+    assert prefix.read_bytes() == before and not (tmp_path / "out.mp4").exists()
+
+
+def test_json_log_equal_to_the_image_is_refused(tiny_bundle_dir, tmp_path):
+    image = tmp_path / "first.png"
+    write_image(image, smooth_frames(1)[0])
+    before = image.read_bytes()
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--mode", "i2v", "--image", image, "--json-log", image)
+    assert r.exit_code == 2 and "--json-log" in r.output and "same file as --image" in r.output
+    assert image.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ signals, full disks, stale temps
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_mid_run_removes_the_temp_files_and_exits_128_plus_signal(tiny_bundle_dir, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "flowcache_cli.main", "generate", "--checkpoint-dir", str(tiny_bundle_dir),
+           "--output-path", str(out), "--prompt", PROMPT, "--num-frames", "2000", "--json-log", str(log), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in tmp_path.glob(".log.jsonl.*.tmp")):  # mid-run: log lines written
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"stopped by {sig}")
+    assert leftovers(tmp_path) == [] and not out.exists() and not log.exists()
+
+
+def test_a_full_disk_writing_the_json_log_is_one_line_and_leaves_nothing(tiny_bundle_dir, tmp_path, monkeypatch):
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", PROMPT, "--json-log", tmp_path / "log.jsonl",
+            "--num-steps", 4, "--quiet")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip() == f"error: cannot write --json-log {tmp_path / 'log.jsonl'}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_oserror_writing_the_video_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from flowcache_core import video
+    from flowcache_core.errors import FlowcacheError
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    import subprocess
+    import types
+
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: "ffmpeg")
+    monkeypatch.setattr(video, "subprocess", types.SimpleNamespace(Popen=full, PIPE=subprocess.PIPE, DEVNULL=subprocess.DEVNULL))
+    with pytest.raises(FlowcacheError, match="cannot write video .*out.mp4: No space left on device"):
+        write_video(tmp_path / "out.mp4", smooth_frames(2), 12)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_run_removes_temps_a_killed_run_left_for_its_destinations(tiny_bundle_dir, tmp_path):
+    stale = [".out.mp4.ab12cd_3.tmp.mp4", ".log.jsonl.zz9yx8w7.tmp"]
+    kept = [".other.mp4.ab12cd_3.tmp.mp4", ".out.mp4.notes"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    ok(gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", PROMPT, "--json-log", tmp_path / "log.jsonl",
+           "--num-steps", 4, "--num-frames", 4, "--quiet"))
+    assert leftovers(tmp_path) == sorted(kept)
+
+
+# ------------------------------------------------------------------------------------------ what a new user found (issue 21 item 10)
+def test_unknown_prompt_words_are_warned_about_in_one_line(tiny_bundle_dir, tmp_path):
+    r = gen(tiny_bundle_dir, tmp_path / "out.mp4", "--prompt", "a red circle zooms quickly to the right, zooms",
+            "--num-steps", 4, "--num-frames", 4, "--quiet")
+    ok(r)
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "zooms, quickly:" in warnings[0] and "Prompt vocabulary" in warnings[0]
+    r = gen(tiny_bundle_dir, tmp_path / "out2.mp4", "--prompt", PROMPT, "--num-steps", 4, "--num-frames", 4, "--quiet")
+    ok(r)
+    assert "warning" not in r.output
+
+
+def test_the_api_reports_unknown_words_as_an_event(tiny_bundle_dir):
+    from flowcache_core.api import generate
+    from flowcache_core.engine.events import UnknownWords
+
+    res = generate("a Red circle glides", checkpoint_dir=tiny_bundle_dir, num_steps=4, num_frames=4)
+    assert [e.words for e in res.events if isinstance(e, UnknownWords)] == [["glides"]]
+
+
+def test_readme_lists_the_default_models_vocabulary():
+    from flowcache_core.engine.family import DEFAULT_MODEL_DIR
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Prompt vocabulary", 1)[1].split("\n#", 1)[0]
+    vocab = json.loads((DEFAULT_MODEL_DIR / "text_encoder.json").read_text())["config"]["vocab"][2:]
+    assert all(f"`{w}`" in section for w in vocab)
+
+
+@pytest.mark.parametrize("command", [["generate"], ["sweep"], ["evaluate"], ["sample-benchmark", "vbench"]])
+def test_boolean_flags_show_no_value_in_help(command):
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0 and "--help" in r.output and "<bool>" not in r.output
+
+
+def test_odd_messages_are_gone(tmp_path):
+    from flowcache_core.errors import FlowcacheError
+    from flowcache_core.models.codec import SpaceToDepthCodec
+    from flowcache_core.models.magi1.bundle import load_bundle
+
+    with pytest.raises(FlowcacheError) as e:
+        load_bundle(variant="4.5B_distill")  # the shipped model: no path given
+    assert "'None'" not in str(e.value) and "default model" in str(e.value)
+    with pytest.raises(FlowcacheError) as e:
+        SpaceToDepthCodec(4, 1).latent_shape(0, 64, 64)
+    assert "multiple of 1" not in str(e.value) and "num_frames=0 must be at least 1" in str(e.value)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,3 +236,41 @@ def test_prompt_file_byte_order_mark_is_not_part_of_the_prompt(tmp_path):
     f.write_bytes("a red ball\nb\n".encode("utf-8-sig"))  # as Notepad saves UTF-8
     assert [p.text for p in bm.read_prompt_file(f)] == ["a red ball", "b"]
     assert [it.file for it in bm.prompt_items(bm.read_prompt_file(f), 1)] == ["a red ball-0.mp4", "b-0.mp4"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["vbench", "--num-steps", "5"], "multiple of window_size"),  # checked only after the model loaded
+    (["vbench", "--num-frames", str(10**12)], "--num-frames"),  # more frames than memory
+    (["physicsiq", "--dataset-dir", "PIQ", "--num-frames", "3"], "shorter than PhysicsIQ's 5 s"),
+    (["vbench", "--rel-l1-thresh", "0.1", "--cache", "flowcache", "--total-cache-chunk-nums", "2"], "window_size"),
+])  # fmt: skip
+def test_checks_run_before_anything_is_created_on_disk(tiny_bundle_dir, physicsiq_dir, tmp_path, args, needle):
+    """Issue 21 item 7: these failed after the model loaded, leaving an empty output tree and manifest.rank0.jsonl."""
+    out = tmp_path / "new" / "out"
+    r = invoke(*[str(physicsiq_dir) if a == "PIQ" else a for a in args], "--checkpoint-dir", tiny_bundle_dir,
+               "--output-dir", out)
+    assert r.exit_code == 2
+    assert needle in one_error_line(r)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_folder_split_the_work(tiny_bundle_dir, prompt_file, reference, tmp_path):
+    """Issue 21 item 9: two concurrent runs on one output folder used to both make every video."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flowcache_cli.main", "sample-benchmark", "vbench", "--prompt-file", str(prompt_file),
+           "--samples-per-prompt", "2", "--checkpoint-dir", str(tiny_bundle_dir), "--output-dir", str(out), "--lossless",
+           "--quiet"]
+    procs = [subprocess.Popen(cmd, env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    made = [int(re.search(r"(\d+) generated", o).group(1)) for o in outputs]
+    assert sum(made) == 10, outputs  # each video made once
+    assert videos(out) == videos(reference) and no_temp_files(out)
+    for name in videos(out):  # same seeds: the same videos as one run makes
+        assert np.array_equal(read_video(out / name)[0], read_video(reference / name)[0])
+    records = [json.loads(ln) for ln in (out / "manifest.rank0.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in records) == sorted(videos(out))  # one line per video, none twice
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["complete"] and len(doc["videos"]) == 10

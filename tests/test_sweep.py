@@ -126,7 +126,8 @@ def test_run_sweep_sees_every_video(tiny_bundle_dir):
     (["--output-dir", "/nonexistent/deeper/out"], "does not exist"),
     (["--thresholds"], "--thresholds"),
     (["--device", "tpu"], "--device"),
-    (["--min-ssim", "2"], "min_ssim"),
+    (["--min-ssim", "2"], "--min-ssim 2.0 must be in [0, 1]"),  # issue 21 item 10: it said min_ssim
+    (["--min-psnr", "nan"], "--min-psnr nan must be a finite number"),
     # issue 16 item 5: these gave a traceback (exit 1), or ran
     (["--seeds", str(2**70)], "--seeds value: expected an integer in [0, 18446744073709551615]"),
     (["--seeds", str(2**64 - 1)], "the scale run's seed"),
@@ -159,6 +160,52 @@ def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake)
     msg = pareto_plot([_summary("a", 2.0, 30.0, 0.9)], tmp_path / "p.png")
     assert "matplotlib" in msg and "\n" not in msg and not (tmp_path / "p.png").exists()
+    assert 'pip install -e ".[plot]"' in msg  # the spelling that works in every shell
+
+
+# ----------------------------------------------------------------------------- partial results (issue 21 item 7)
+def _sweep_args(tiny_bundle_dir, out):
+    return ["sweep", "--prompts", "1", "--thresholds", "0.1", "--policies", "flowcache", "--reuse-modes", "velocity",
+            "--num-steps", "4", "--no-lpips", "--quiet", "--checkpoint-dir", str(tiny_bundle_dir), "--output-dir", str(out)]
+
+
+def test_a_failure_late_keeps_the_runs_done(tiny_bundle_dir, tmp_path, monkeypatch):
+    from flowcache_core.eval import sweep
+
+    calls = []
+
+    def generate_then_full(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # warm-up, none, flowcache, then the scale run fails
+            raise FlowcacheError("cannot write: No space left on device")
+        return real(*a, **k)
+
+    real = sweep.generate
+    monkeypatch.setattr(sweep, "generate", generate_then_full)
+    out = tmp_path / "out"
+    r = runner.invoke(app, _sweep_args(tiny_bundle_dir, out))
+    assert r.exit_code == 2 and "No space left" in r.output
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["complete"] is False and [row["setting"] for row in data["runs"]] == ["none", "flowcache-velocity@0.1"]
+
+
+def test_a_bad_num_steps_fails_before_the_output_folder_is_created(tiny_bundle_dir, tmp_path):
+    r = runner.invoke(app, ["sweep", "--num-steps", "6", "--checkpoint-dir", str(tiny_bundle_dir),
+                            "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and r.output.strip() == "error: --num-steps 6 must be a multiple of window_size 4"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_fails_before_the_first_video(tiny_bundle_dir, tmp_path, monkeypatch):
+    from flowcache_core.eval import sweep
+
+    def full(obj, path):
+        raise FlowcacheError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(sweep, "write_json", full)
+    monkeypatch.setattr(sweep, "generate", lambda *a, **k: pytest.fail("a video was generated"))
+    r = runner.invoke(app, _sweep_args(tiny_bundle_dir, tmp_path / "out"))
+    assert r.exit_code == 2 and "No space left" in r.output
 
 
 # ----------------------------------------------------------------------------- bench scripts' pure parts

@@ -36,6 +36,14 @@ class ForwardEvent:
 
 
 @dataclass
+class UnknownWords:
+    """Sent once before the first forward when the model's text encoder has a closed vocabulary (the default
+    model's word encoder: `unknown_words(prompt)`) and the prompt has words outside it: they do not steer the video."""
+
+    words: list[str]
+
+
+@dataclass
 class ChunkEmitted:
     index: int  # output chunk index (0 = first chunk after the prefix)
     chunk_id: int

@@ -41,6 +41,8 @@ class Generation(Protocol):
     tokens_per_chunk: int  # K/V tokens one chunk holds per layer
     tokens_per_frame: int  # of them, one latent frame's (the compressor's frame unit)
     fps: int  # of the output video
+    # optional `output_frames: int`: the output is cut to this many frames (whole chunks are generated; the
+    # frames past the request are dropped at the end). Without it, every emitted frame is output.
 
     def chunk(self, chunk_id: int) -> Tensor:
         """View (C, frames, h, w) of the chunk's latent state; the loop adds Euler updates to it in place."""

@@ -38,7 +38,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.fileio import atomic_write_text, make_output_dir, read_prompt_lines, read_user_text
+from flowcache_core.fileio import (
+    atomic_write_text, claim, make_output_dir, read_prompt_lines, read_user_text, remove_stale_temps,
+)
 from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
@@ -49,7 +51,6 @@ PHYSICSIQ_SECONDS = 5  # PhysicsIQ scores exactly 5.000 s after the switch frame
 PHYSICSIQ_MODES = ("i2v", "v2v")
 PHYSICSIQ_COLUMNS = ("scenario", "description", "generated_video_name")
 MANIFEST = "manifest.json"
-_TMP_SUFFIX = ".tmp.mp4"  # video.write_video's temp files: f".{name}.{random}.tmp.mp4" beside the target
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")  # path separators and control characters
 
 
@@ -377,13 +378,15 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class ItemDone:
-    """Progress event: item `done` of `total` of this process finished (skipped: it was already there)."""
+    """Progress event: item `done` of `total` of this process finished (skipped: it was already there, or
+    another run is making it)."""
 
     item: WorkItem
     done: int
     total: int
     skipped: bool
     seconds: float
+    elsewhere: bool = False  # skipped because another live run on the same folder is making it
 
 
 @dataclass
@@ -392,19 +395,8 @@ class SamplingSummary:
     skipped: int = 0
     seconds: float = 0.0
     removed_temp_files: int = 0
+    elsewhere: int = 0  # being made by another live run on the same folder (not waited for)
     files: list[str] = field(default_factory=list)
-
-
-def _remove_stale_temps(output_dir: Path, names: set[str]) -> int:
-    """Delete write_video temp files (".{name}.{random}.tmp.mp4") left for `names` by a killed run."""
-    n = 0
-    for entry in os.scandir(output_dir):
-        if entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX):
-            target = entry.name[1 : -len(_TMP_SUFFIX)].rpartition(".")[0]
-            if target in names:
-                Path(entry.path).unlink(missing_ok=True)
-                n += 1
-    return n
 
 
 def load_inputs(item: WorkItem, height: int, width: int, fps: int) -> dict:
@@ -439,7 +431,7 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
     out = Path(output_dir)
     rt = bundle.config.runtime
     height, width, fps = rt.video_size_h, rt.video_size_w, rt.fps
-    summary = SamplingSummary(removed_temp_files=_remove_stale_temps(out, {it.file for it in items}))
+    summary = SamplingSummary()
     t_start = time.perf_counter()
     try:
         manifest = open(manifest_path(out, rank), "a", encoding="utf-8")
@@ -450,43 +442,67 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
             path = out / item.file
             summary.files.append(item.file)
             if path.exists():
+                if path.with_name(f".{path.name}.lock").exists():  # a run killed after the rename left it
+                    with claim(path):
+                        pass  # removed if no live run holds it
                 summary.skipped += 1
                 if on_progress:
                     on_progress(ItemDone(item, n, len(items), True, 0.0))
                 continue
-            t0 = time.perf_counter()
-            res = generate_fn(item.prompt, mode=item.mode, cache=settings.cache, bundle=bundle, seed=item.seed,
-                              num_steps=settings.num_steps, num_frames=settings.num_frames, device=settings.device,
-                              **load_inputs(item, height, width, fps))
-            frames = res.frames[1:] if item.mode == "i2v" else res.frames
-            if settings.keep_frames is not None:
-                if len(frames) < settings.keep_frames:
-                    raise FlowcacheError(f"{item.file}: the model made {len(frames)} frames, {settings.keep_frames} needed")
-                frames = frames[: settings.keep_frames]
-            write_video(path, frames, res.fps, lossless=settings.lossless)
-            seconds = time.perf_counter() - t0
-            rec = res.record
-            line = {
-                "file": item.file, "prompt": item.prompt, "seed": item.seed, "prompt_index": item.prompt_index,
-                "sample": item.sample, "mode": item.mode, "key": item.key, "rank": rank,
-                "inputs": {k: str(v) for k, v in (("image", item.image), ("prefix_video", item.prefix_video)) if v},
-                "prefix_fps": item.prefix_fps, "cache": {"policy": res.cache.policy, **res.cache.options()},
-                "num_steps": settings.num_steps or rt.num_steps, "frames": int(len(frames)), "fps": res.fps,
-                "seconds": round(seconds, 4), "sampler_seconds": round(rec.seconds, 4), "forwards": rec.forwards,
-                "chunk_forwards_computed": rec.computed_chunk_forwards,
-                "chunk_forwards_skipped": rec.chunk_forwards - rec.computed_chunk_forwards,
-                "computed": {str(k): v for k, v in rec.computed.items()},
-                "reused": {str(k): v for k, v in rec.reused.items()},
-                "finished_at": time.time(),
-            }  # fmt: skip
-            manifest.write(json.dumps(line, ensure_ascii=False) + "\n")
-            manifest.flush()
-            os.fsync(manifest.fileno())
-            summary.generated += 1
-            if on_progress:
-                on_progress(ItemDone(item, n, len(items), False, seconds))
+            # Runs sharing the folder split the work: an item is made by the run that claims it.
+            with claim(path) as mine:
+                if not mine:
+                    summary.elsewhere += 1
+                    if on_progress:
+                        on_progress(ItemDone(item, n, len(items), True, 0.0, elsewhere=True))
+                    continue
+                if path.exists():  # finished by another run between the check and the claim
+                    summary.skipped += 1
+                    if on_progress:
+                        on_progress(ItemDone(item, n, len(items), True, 0.0))
+                    continue
+                summary.removed_temp_files += remove_stale_temps(path)  # a killed run's; no live run writes it
+                _sample_one(item, path, n, len(items), settings, bundle, rank, generate_fn, write_video, manifest,
+                            height, width, fps, summary, on_progress)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _sample_one(item, path, n, count, settings, bundle, rank, generate_fn, write_video, manifest, height, width, fps,
+                summary, on_progress) -> None:
+    """Generate, write and record one claimed item."""
+    rt = bundle.config.runtime
+    t0 = time.perf_counter()
+    res = generate_fn(item.prompt, mode=item.mode, cache=settings.cache, bundle=bundle, seed=item.seed,
+                      num_steps=settings.num_steps, num_frames=settings.num_frames, device=settings.device,
+                      **load_inputs(item, height, width, fps))
+    frames = res.frames[1:] if item.mode == "i2v" else res.frames
+    if settings.keep_frames is not None:
+        if len(frames) < settings.keep_frames:
+            raise FlowcacheError(f"{item.file}: the model made {len(frames)} frames, {settings.keep_frames} needed")
+        frames = frames[: settings.keep_frames]
+    write_video(path, frames, res.fps, lossless=settings.lossless)
+    seconds = time.perf_counter() - t0
+    rec = res.record
+    line = {
+        "file": item.file, "prompt": item.prompt, "seed": item.seed, "prompt_index": item.prompt_index,
+        "sample": item.sample, "mode": item.mode, "key": item.key, "rank": rank,
+        "inputs": {k: str(v) for k, v in (("image", item.image), ("prefix_video", item.prefix_video)) if v},
+        "prefix_fps": item.prefix_fps, "cache": {"policy": res.cache.policy, **res.cache.options()},
+        "num_steps": settings.num_steps or rt.num_steps, "frames": int(len(frames)), "fps": res.fps,
+        "seconds": round(seconds, 4), "sampler_seconds": round(rec.seconds, 4), "forwards": rec.forwards,
+        "chunk_forwards_computed": rec.computed_chunk_forwards,
+        "chunk_forwards_skipped": rec.chunk_forwards - rec.computed_chunk_forwards,
+        "computed": {str(k): v for k, v in rec.computed.items()},
+        "reused": {str(k): v for k, v in rec.reused.items()},
+        "finished_at": time.time(),
+    }  # fmt: skip
+    manifest.write(json.dumps(line, ensure_ascii=False) + "\n")
+    manifest.flush()
+    os.fsync(manifest.fileno())
+    summary.generated += 1
+    if on_progress:
+        on_progress(ItemDone(item, n, count, False, seconds))
 
 
 def _manifest_records(part: Path) -> list[dict]:

@@ -174,8 +174,10 @@ class SweepConfig:
                 raise FlowcacheError(f"threshold {t!r} must be a finite number >= 0")
         if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
             raise FlowcacheError(f"warmup_steps {self.warmup_steps!r} must be an integer >= 0")
-        if not math.isfinite(self.min_psnr) or not (0.0 <= self.min_ssim <= 1.0):
-            raise FlowcacheError(f"min_psnr {self.min_psnr!r} must be finite and min_ssim {self.min_ssim!r} in [0, 1]")
+        if not math.isfinite(self.min_psnr):
+            raise FlowcacheError(f"min_psnr {self.min_psnr!r} must be a finite number (dB)")
+        if not (0.0 <= self.min_ssim <= 1.0):
+            raise FlowcacheError(f"min_ssim {self.min_ssim!r} must be in [0, 1]")
 
     @property
     def settings(self) -> list[Setting]:
@@ -234,7 +236,7 @@ class SweepResult:
         return _json_safe({
             "config": self.config, "model": self.model, "lpips_status": self.lpips_status,
             "recommendation": self.recommendation, "seed_scale": self.seed_scale,
-            "settings": [asdict(s) for s in self.summaries], "runs": [asdict(r) for r in self.rows],
+            "settings": [asdict(s) for s in self.summaries], "runs": [asdict(r) for r in self.rows], "complete": True,
         })  # fmt: skip
 
 
@@ -270,10 +272,13 @@ def _compare(ref: np.ndarray, cand: np.ndarray, lpips_model) -> tuple[float, flo
 
 def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Callable[[Progress], None] | None = None,
               on_video: Callable[[str, str, int, np.ndarray], None] | None = None,
+              partial_json: str | os.PathLike | None = None,
               clock: Callable[[], float] = time.perf_counter,
               cpu_clock: Callable[[], float] = time.process_time) -> SweepResult:
     """Run the grid (see module doc). `on_video(setting, prompt, seed, frames)` sees every video (the
-    scale runs of `none` come as setting 'none@scale-seed')."""
+    scale runs of `none` come as setting 'none@scale-seed'). `partial_json`: a file rewritten atomically before
+    the first video (a write that fails, e.g. a full disk, fails then) and after every run, with the runs done so
+    far and `"complete": false`, so a failure late keeps what was done; the caller writes the final one."""
     cfg.validate()
     b = bundle or load(resolve("sweep", checkpoint_dir=cfg.checkpoint_dir, device=cfg.device))
     warmup = cfg.warmup_steps
@@ -291,6 +296,14 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     rows: list[RunRow] = []
     scale_pairs: list[dict] = []
     done = 0
+
+    def save_partial() -> None:
+        if partial_json is not None:
+            write_json({"complete": False, "runs_done": done, "runs_total": total, "config": asdict(cfg),
+                        "lpips_status": lpips_status, "runs": [asdict(r) for r in rows], "seed_scale_pairs": scale_pairs},
+                       partial_json)
+
+    save_partial()
 
     def run_one(setting: Setting, prompt: str, seed: int, label: str | None = None):
         nonlocal done
@@ -315,17 +328,20 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
             rec = ref.record
             rows.append(RunRow("none", prompt, seed, *ref_sec, rec.chunk_forwards, rec.computed_chunk_forwards,
                                rec.forwards))
+            save_partial()
             for s in settings[1:]:
                 res, sec = run_one(s, prompt, seed)
                 p, ss, lp = _compare(ref.frames, res.frames, lpips_model)
                 r = res.record
                 rows.append(RunRow(s.name, prompt, seed, *sec, r.chunk_forwards, r.computed_chunk_forwards, r.forwards,
                                    p, ss, lp))
+                save_partial()
             if cfg.seed_scale and si == 0:
                 other = seed + SCALE_SEED_OFFSET
                 res, _ = run_one(settings[0], prompt, other, label="none@scale-seed")
                 p, ss, lp = _compare(ref.frames, res.frames, lpips_model)
                 scale_pairs.append(dict(prompt=prompt, seeds=[seed, other], psnr=p, ssim=ss, lpips=lp))
+                save_partial()
 
     summaries = summarize(rows, settings)
     seed_scale = None
@@ -421,7 +437,7 @@ def pareto_plot(summaries: list[SettingSummary], path_png: str | os.PathLike, ti
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "Pareto plot skipped: matplotlib is not installed (pip install -e '.[plot]')"
+        return 'Pareto plot skipped: matplotlib is not installed (pip install -e ".[plot]")'
     cached = [s for s in summaries if s.policy != "none" and s.psnr_mean is not None]
     if not cached:
         return "Pareto plot skipped: no cached settings"

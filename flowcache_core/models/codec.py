@@ -71,7 +71,8 @@ class SpaceToDepthCodec:
         s, t = self.spatial_downsample, self.temporal_downsample
         for what, n, k in (("num_frames", num_frames, t), ("height", height, s), ("width", width, s)):
             if n < 1 or n % k:
-                raise FlowcacheError(f"{what}={n} must be a positive multiple of {k} for the "
+                rule = f"a positive multiple of {k}" if k > 1 else "at least 1"  # not "a multiple of 1"
+                raise FlowcacheError(f"{what}={n} must be {rule} for the "
                                      f"space_to_depth codec (spatial={s}, temporal={t})")
         return self.latent_channels, num_frames // t, height // s, width // s
 

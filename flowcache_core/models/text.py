@@ -95,6 +95,11 @@ class WordTextEncoder(nn.Module):
             mask[b, : len(words)] = 1
         return ids, mask
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The prompt's words not in the vocabulary (each once, in order): the encoder reads them as one
+        unknown token, so they do not steer the video."""
+        return list(dict.fromkeys(w for w in split_words(prompt) if w not in self.word_ids))
+
     # ---- model
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """ids, mask (B, L) -> embeddings (B, L, dim); zero where mask is 0."""

@@ -34,9 +34,10 @@ def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtyp
 
     if path is not None and is_magi_release(path):
         return load_magi_release(path, variant=variant, device=device, dtype=dtype, attn_backend=attn_backend)
-    if variant is not None:
-        raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; {str(path)!r} is a flowcache bundle")
     d = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if variant is not None:
+        what = f"{str(d)!r} is a flowcache bundle" if path is not None else f"the shipped default model ({str(d)!r}) is a flowcache bundle"
+        raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; {what}")
     if not d.is_dir():
         raise FlowcacheError(f"checkpoint directory {str(d)!r} does not exist")
     cfg_path = d / "config.json"

@@ -71,8 +71,15 @@ class Magi1Family:
                                      f"(allowed: {', '.join(sorted(known))})")
             check_config_section("runtime_config", overlay, where=source)
             config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overlay))
-        config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
-                                cfg_number=cfg_number, seed=seed).validate()
+        try:
+            config = config.replace(num_steps=num_steps, num_frames=num_frames, video_size_h=height, video_size_w=width,
+                                    cfg_number=cfg_number, seed=seed).validate()
+        except FlowcacheError as e:  # a rule on a value the request gave: name it as the caller spelled it
+            msg = str(e)
+            for opt, key, given in (("num_steps", "num_steps", num_steps), ("cfg_number", "cfg_number", cfg_number)):
+                if given is not None and msg.startswith(f"runtime_config: {key} "):
+                    msg = spelled.get(opt, opt) + msg[len(f"runtime_config: {key}"):]
+            raise FlowcacheError(msg) from None
         # a value the request did not set comes from the config (the checkpoint's, or the config file's)
         def name(option, given, key):
             return spelled.get(option, option) if given is not None else f"runtime_config.{key}"
@@ -133,7 +140,11 @@ class Magi1Family:
         # Seeded noise for every frame after the prefix, drawn on the CPU so every device gets the same video.
         gen = torch.Generator().manual_seed(rt.seed)
         noise = torch.randn(C, chunk_num * rt.chunk_width - P, h, w, generator=gen).to(dev)
-        return Magi1Generation(bundle.model, config, text, noise, prefix=prefix)
+        gen = Magi1Generation(bundle.model, config, text, noise, prefix=prefix)
+        # Whole chunks are generated; the output is cut to what was asked: num_frames after the conditioning
+        # (i2v: the image's latent frame opens the output; v2v: the prefix is not output).
+        gen.output_frames = rt.num_frames + (P * codec.temporal_downsample if mode == "i2v" else 0)
+        return gen
 
 
 def _has_model_config(path: Path) -> bool:
