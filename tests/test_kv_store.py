@@ -99,3 +99,16 @@ def test_prefix_longer_than_the_budget_is_refused(unlimited_range_bundle):
     r = generate("a red square", mode="v2v", prefix_video=prefix, bundle=unlimited_range_bundle, num_frames=8,
                  cache=CacheConfig("none", total_cache_chunk_nums=6))
     assert r.frames.shape[0] == 8
+
+
+def test_a_budget_that_never_needs_room_leaves_the_run_unchanged(tiny_bundle_dir):
+    """With MAGI-1's kv range [5,4,3,2] and a window of 4, B_total 5 never has to compress (older chunks are evicted
+    first): the video and every forward equal the run without a budget, bit for bit."""
+    b = load_bundle(tiny_bundle_dir)
+    assert b.config.runtime.noise2clean_kvrange == [5, 4, 3, 2]
+    free = generate("a red square moves left", bundle=b, num_frames=40, cache=CacheConfig("flowcache"))
+    capped = generate("a red square moves left", bundle=b, num_frames=40,
+                      cache=CacheConfig("flowcache", total_cache_chunk_nums=5))
+    assert capped.record.compressions == 0
+    assert torch.equal(free.latents, capped.latents)
+    assert free.record.computed == capped.record.computed

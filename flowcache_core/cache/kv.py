@@ -120,6 +120,10 @@ class KVStore:
         return n + sum(b.keys.numel() * b.keys.element_size() * 2 for b in self._compressed if b is not None)
 
     # ---- budget ----
+    def needs_room(self, incoming_tokens: int) -> bool:
+        """True if adding `incoming_tokens` to the main context would exceed the budget (never without one)."""
+        return self.budget_tokens is not None and self.tokens(self.MAIN) + incoming_tokens > self.budget_tokens
+
     def make_room(self, incoming_tokens: int, final_clean: list[int], queries: dict[int, torch.Tensor]) -> bool:
         """Before a forward that adds `incoming_tokens` to "cond": compress the final clean chunks if needed.
 

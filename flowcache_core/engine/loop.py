@@ -95,17 +95,19 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
         tokens = 0
         if any(r.step == 0 for r in den):  # a chunk enters the window
             store.evict_before(horizons[i])
-            if budget is not None:
+            incoming = sum(r.step == 0 for r in den) * gen.tokens_per_chunk
+            if store.needs_room(incoming):
                 # B_total as published: the chunk that has just become clean is compressible at this event too,
-                # so its clean K/V is written first and it is not forwarded again in this forward.
+                # so its clean K/V is written first and it is not forwarded again in this forward. (Its slot
+                # already holds its last denoising K/V, so writing it does not change what the store holds; a
+                # budget that never needs room leaves the run exactly as without one.)
                 just_clean = [r for r in rows if r.clean]
                 if just_clean:
                     tokens += gen.write_clean(f, just_clean, store)
                     final_clean.update(r.chunk_id for r in just_clean)
                     rows = [r for r in rows if not r.clean]
-                entering = sum(r.step == 0 for r in den)
-                if store.make_room(entering * gen.tokens_per_chunk, sorted(final_clean), queries):
-                    record.compressions += 1
+                store.make_room(incoming, sorted(final_clean), queries)
+                record.compressions += 1
         velocities: dict[int, Tensor] = {}
         if rows:
             newest = max((r.chunk_id for r in rows if not r.clean), default=None) if budget is not None else None
