@@ -15,9 +15,10 @@ def _compute(policy, t, dt, v):
 
 
 def test_extrapolate_is_exact_for_a_velocity_linear_in_t():
-    a, b = torch.randn(2, 5), torch.randn(2, 5)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
     v = lambda t: a + b * t  # noqa: E731
-    p = FlowCache(FlowCacheConfig(reuse="extrapolate"))
+    p = FlowCache(FlowCacheConfig(reuse="extrapolate", extrapolate_max_change=10.0, extrapolate_max_scale=100.0))  # guard off
     _compute(p, 0.10, 0.05, v(0.10))
     _compute(p, 0.15, 0.05, v(0.15))
     torch.testing.assert_close(p.reused_delta(_step(0.30, 0.07)), v(0.30) * 0.07)
@@ -38,3 +39,32 @@ def test_extrapolate_needs_two_computed_steps_and_forgets_dropped_chunks():
     assert 3 not in p.tracked_chunks()
     _compute(p, 0.5, 0.1, v0)  # a new life for id 3: no slope from before the drop
     torch.testing.assert_close(p.reused_delta(_step(0.6, 0.1)), v0 * 0.1)
+
+
+def test_extrapolate_falls_back_to_the_velocity_rule_when_the_two_steps_disagree():
+    p = FlowCache(FlowCacheConfig(reuse="extrapolate", extrapolate_max_change=0.25))
+    v0 = torch.ones(4)
+    _compute(p, 0.10, 0.01, v0)
+    _compute(p, 0.11, 0.01, v0 * 2)  # relative change |v1 - v0| / |v1| = 0.5 > 0.25
+    torch.testing.assert_close(p.reused_delta(_step(0.30, 0.02)), v0 * 2 * 0.02)
+
+
+def test_extrapolate_step_is_clamped_to_a_multiple_of_the_last_velocity():
+    p = FlowCache(FlowCacheConfig(reuse="extrapolate", extrapolate_max_change=0.25, extrapolate_max_scale=1.25))
+    v0 = torch.tensor([1.0, -1.0, 2.0])
+    _compute(p, 0.100, 0.001, v0)
+    _compute(p, 0.101, 0.001, v0 * 1.1)  # consistent (change 0.09), but the line reaches 1.1 + 0.1 * 199 far ahead
+    d = p.reused_delta(_step(0.300, 0.05))
+    torch.testing.assert_close(d, v0 * 1.1 * 1.25 * 0.05)  # same direction, size capped at 1.25 x |v1|
+    assert torch.isfinite(d).all()
+
+
+def test_guard_options_are_validated():
+    import pytest
+
+    from flowcache_core.errors import FlowcacheError
+
+    with pytest.raises(FlowcacheError):
+        FlowCacheConfig(extrapolate_max_scale=0.5)
+    with pytest.raises(FlowcacheError):
+        FlowCacheConfig(extrapolate_max_change=-1.0)

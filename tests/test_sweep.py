@@ -30,9 +30,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _summary(name, speedup, psnr, ssim, policy="flowcache"):
-    return SettingSummary(name, policy, "velocity", 0.1, 2, 1.0, speedup, speedup, speedup, 10, 20, 2.0, speedup / 2.0,
-                          psnr, psnr, ssim, None)
+def _summary(name, speedup, psnr, ssim, policy="flowcache", ideal=None):
+    """A table row; the chunk-forwards speedup `ideal` is the wall speedup unless given (noisy wall time)."""
+    ideal = speedup if ideal is None else ideal
+    return SettingSummary(name, policy, "velocity", 0.1, 2, 1.0, speedup, speedup, speedup, round(100 / ideal), 100, ideal,
+                          speedup / ideal, psnr, psnr, ssim, None)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,20 @@ def test_recommend_picks_fastest_above_floor():
     assert recommend(table, 25.0, 0.75).setting == "e"
     assert recommend(table, 35.0, 0.75).setting == "d"
     assert recommend(table[:3], 25.0, 0.75) is None
+
+
+def test_recommend_follows_chunk_forwards_not_noisy_wall_time():
+    # issue 21 item 8: @0.01 looked faster by wall clock (a quiet moment) though @0.03 skips far more forwards
+    table = [
+        _summary("none", 1.0, None, None, policy="none"),
+        _summary("flowcache-extrapolate@0.01", 1.19, 35.0, 0.95, ideal=1.16),
+        _summary("flowcache-extrapolate@0.03", 1.05, 30.0, 0.90, ideal=1.60),
+        _summary("flowcache-extrapolate@0.1", 2.50, 20.0, 0.60, ideal=3.00),  # under both floors
+    ]
+    assert recommend(table, 25.0, 0.75).setting == "flowcache-extrapolate@0.03"
+    # equal chunk-forwards speedup: the higher PSNR, whatever the wall clock said
+    table.append(_summary("flowcache-velocity@0.03", 9.0, 29.0, 0.90, ideal=1.60))
+    assert recommend(table, 25.0, 0.75).setting == "flowcache-extrapolate@0.03"
 
 
 def test_pareto_front():

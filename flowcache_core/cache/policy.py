@@ -84,11 +84,17 @@ class ReuseConfig:
     reuse: "displacement" adds the last computed Euler step v*dt_old as is (the published rule);
         "velocity" adds the cached v times this step's dt; "extrapolate" adds v(t)*dt with v(t) extended
         linearly in t from the chunk's last two computed velocities (the velocity rule until it has two).
+    extrapolate_max_change: "extrapolate" only while the last two computed velocities agree, i.e. their
+        relative change mean|v1 - v0| / mean|v1| is at most this; otherwise the velocity rule.
+    extrapolate_max_scale: the extrapolated velocity's size mean|v(t)| is clamped to this multiple of the last
+        computed one's mean|v1| (the step is scaled down, its direction kept), so a reused step never blows up.
     """
 
     rel_l1_thresh: float = option(0.015, "Reuse while the accumulated relative L1 distance stays below this (0 = never reuse).", low=0)
     warmup_steps: int = option(5, "Steps always computed: each chunk's first (flowcache) or the run's first forwards (teacache).", kind=int, low=0)
     reuse: str = option("displacement", "Reused update: the last displacement, the cached velocity x dt, or the velocity extrapolated in t.", kind=str, choices=REUSE_MODES)
+    extrapolate_max_change: float = option(0.25, "extrapolate: fall back to the velocity rule when the last two computed velocities differ by more than this (relative L1).", low=0)
+    extrapolate_max_scale: float = option(1.25, "extrapolate: clamp the extrapolated velocity's size to this multiple of the last computed one's.", low=1)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -98,7 +104,7 @@ class ReuseConfig:
 
 
 def rel_l1(feature: Tensor, prev: Tensor) -> float:
-    """mean|f - f_prev| / (mean|f_prev| + 1e-8), in float32. The one `.item()` of the policies."""
+    """mean|f - f_prev| / (mean|f_prev| + 1e-8), in float32. One of the few host syncs of the policies (with the extrapolation guard)."""
     f, p = feature.float(), prev.float()
     if f.shape != p.shape:
         raise ValueError(f"feature shape {tuple(f.shape)} differs from the previous {tuple(p.shape)}")
@@ -139,12 +145,27 @@ class CachePolicy:
         if self.reuse == "velocity":
             return self._velocity[cid] * step.dt
         if self.reuse == "extrapolate":
-            v = self._velocity[cid]
-            if cid in self._previous and self._previous[cid][0] != self._t_last[cid]:
-                (t0, v0), t1 = self._previous[cid], self._t_last[cid]
-                v = v + (v - v0) * ((step.t - t1) / (t1 - t0))  # the line through (t0, v0) and (t1, v) at step.t
-            return v * step.dt
+            return self._extrapolated(cid, step.t) * step.dt
         return self._delta[cid]
+
+    def _extrapolated(self, cid: int, t: float) -> Tensor:
+        """v(t) on the line through the chunk's last two computed (t, v), guarded: the last velocity as is when
+        there is one point only or the two disagree (relative change > extrapolate_max_change); the result's
+        size clamped to extrapolate_max_scale x the last velocity's."""
+        v1 = self._velocity[cid]
+        if cid not in self._previous or self._previous[cid][0] == self._t_last[cid]:
+            return v1
+        (t0, v0), t1 = self._previous[cid], self._t_last[cid]
+        size1 = v1.abs().mean()
+        change = (v1 - v0).abs().mean() / (size1 + 1e-12)
+        if float(change) > self.config.extrapolate_max_change:
+            return v1
+        v = v1 + (v1 - v0) * ((t - t1) / (t1 - t0))  # the line through (t0, v0) and (t1, v1) at t
+        cap = self.config.extrapolate_max_scale * size1
+        size = v.abs().mean()
+        if float(size) > float(cap):
+            v = v * (cap / size)
+        return v
 
     def update(
         self,
