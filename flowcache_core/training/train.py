@@ -52,7 +52,7 @@ def default_model_config() -> MagiConfig:
     codec = SpaceToDepthCodec(spatial=4, temporal=1, scale=1.0)
     return MagiConfig(model, runtime, engine,
                       extra={"flowcache": {"codec": codec.to_dict(), "text_encoder": "word",
-                                           "cache_defaults": {"rel_l1_thresh": 0.01, "warmup_steps": 4, "reuse": "extrapolate"}}})
+                                           "cache_defaults": {"rel_l1_thresh": 0.01, "warmup_steps": 8, "reuse": "extrapolate"}}})
 
 
 @dataclass
