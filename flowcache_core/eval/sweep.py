@@ -283,7 +283,7 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     cfg.validate()
     b = bundle or load(resolve("sweep", checkpoint_dir=cfg.checkpoint_dir, device=cfg.device))
     warmup = cfg.warmup_steps
-    warmup_used = {"value": warmup}  # what the cached runs resolved to (None: the model's cache_defaults)
+    warmup_used = warmup  # what the cached runs resolved to (None: the model's cache_defaults)
     settings = cfg.settings
     lpips_model, lpips_status = None, "off"
     if cfg.lpips:
@@ -307,12 +307,12 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     save_partial()
 
     def run_one(setting: Setting, prompt: str, seed: int, label: str | None = None):
-        nonlocal done
+        nonlocal done, warmup_used
         t0, c0 = clock(), cpu_clock()
         res = generate(prompt, cache=setting.cache_config(warmup), bundle=b, seed=seed, num_steps=cfg.num_steps,
                        num_frames=cfg.num_frames, device=cfg.device)
         sec, cpu = clock() - t0, cpu_clock() - c0
-        warmup_used["value"] = res.cache.options().get("warmup_steps", warmup_used["value"])
+        warmup_used = res.cache.options().get("warmup_steps", warmup_used)
         done += 1
         if on_progress is not None:
             on_progress(Progress(done, total, label or setting.name, prompt, seed, sec))
@@ -356,7 +356,7 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
     rt = b.config.runtime
     model = dict(path=str(b.path) if b.path else None, num_steps=cfg.num_steps or rt.num_steps,
                  num_frames=cfg.num_frames or rt.num_frames, size=[rt.video_size_h, rt.video_size_w],
-                 chunk_width=rt.chunk_width, window_size=rt.window_size, warmup_steps=warmup_used["value"])
+                 chunk_width=rt.chunk_width, window_size=rt.window_size, warmup_steps=warmup_used)
     conf = {k: v for k, v in asdict(cfg).items()}
     return SweepResult(conf, lpips_status, rows, summaries, seed_scale, rec_s.setting if rec_s else None, model)
 

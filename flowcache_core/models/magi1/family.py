@@ -120,8 +120,8 @@ class Magi1Family:
 
     def prepare(self, bundle: Bundle, config: MagiConfig, prompt: str, mode: str, image: np.ndarray | None,
                 prefix_video: np.ndarray | None) -> Magi1Generation:
-        """Prefix latents (i2v: one image; v2v: a video), per-chunk captions and seeded noise -> a generation."""
-        self.check_inputs(config, mode, image, prefix_video)
+        """Prefix latents (i2v: one image; v2v: a video), per-chunk captions and seeded noise -> a generation.
+        The inputs were checked (`check_inputs`) by `api.generate` before the model loaded."""
         rt, codec, dev = config.runtime, bundle.codec, bundle.device
         prefix = None
         if mode == "i2v":
