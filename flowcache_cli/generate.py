@@ -85,7 +85,7 @@ class JsonLog:
 
 
 # ------------------------------------------------------------------------------------------ the command
-FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in ("seed", "num_steps", "num_frames", "height", "width", "cfg_number")}
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in ("seed", "num_steps", "num_frames", "height", "width", *family_flag_fields())}
 
 def generate_cmd(
     output_path: Path = typer.Option(..., "--output-path", help="The mp4 to write (its folder must exist)."),

@@ -102,6 +102,7 @@ def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = 
     else:
         family, path = find_family(Path(checkpoint_dir) if checkpoint_dir is not None else None, FAMILIES)
         base = family.read_config(path, variant)
+    options = _family_options(family, options, spelled or {})
     file_data = read_config_file(config_file) if config_file is not None else None
     source = f"config file {str(config_file)!r}"
     config = family.apply(base, file_data, source, spelled=spelled or {}, **options)
@@ -109,6 +110,24 @@ def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = 
                                      (source, _cache_defaults(file_data))])
     resolved.kv.validate_for(family.window_size(config))
     return Request(family, path, variant, config, resolved, prompt, mode, device, attn_backend)
+
+
+GENERIC_OPTIONS = ("num_steps", "num_frames", "height", "width", "seed")
+
+
+def _family_options(family: Family, options: dict, spelled: dict[str, str]) -> dict:
+    """The request's options this family takes; a given option that belongs to another family is refused."""
+    from flowcache_core.cache.options import option_fields
+
+    own = set(GENERIC_OPTIONS) | set(option_fields(family.Options))
+    for name, value in options.items():
+        if name not in own and value is not None:
+            owners = [f.name for f in FAMILIES.values() if name in option_fields(f.Options)]
+            if not owners:
+                raise FlowcacheError(f"option {name!r} unknown (allowed: {', '.join(sorted(own))})")
+            raise FlowcacheError(f"{spelled.get(name, name)} applies to {'/'.join(owners)} checkpoints; this "
+                                 f"checkpoint is {family.name}")
+    return {k: v for k, v in options.items() if k in own}
 
 
 def load(request: Request) -> Bundle:
@@ -160,9 +179,13 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         torch.cuda.reset_peak_memory_stats(dev)
     record = RunRecord()
     latents, frames = [], []
+    # a causal video codec (Wan's VAE) decodes chunk after chunk with its own carried state: the frames equal one
+    # decode of the whole latent; a frame-local codec decodes each chunk on its own
+    stream = getattr(b.codec, "stream_decoder", None)
+    decode = stream() if stream is not None else b.codec.decode
     for _, lat in run_chunks(gen, request.cache.make_policy(), store, record, emit):
         latents.append(lat)
-        frames.append(to_pixels(b.codec.decode(lat.float())))
+        frames.append(to_pixels(decode(lat.float())))
     if dev.type == "cuda":
         record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
     video = np.concatenate(frames)

@@ -25,6 +25,8 @@ def _what(meta: dict) -> str:
     kind, low, high = meta["kind"], meta["low"], meta["high"]
     if meta["choices"]:
         return f"one of {', '.join(meta['choices'])}"
+    if kind is str:
+        return "a string"
     noun = "an integer" if kind is int else "a finite number"
     if low is not None and high is not None:
         text = f"{noun} in [{low:g}, {high:g}]"
@@ -44,6 +46,8 @@ def check_value(name: str, value: Any, meta: dict) -> None:
     kind, ok = meta["kind"], True
     if meta["choices"]:
         ok = isinstance(value, str) and value in meta["choices"]
+    elif kind is str:  # free text (a negative prompt)
+        ok = isinstance(value, str)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         ok = False
     elif kind is int and not isinstance(value, int):

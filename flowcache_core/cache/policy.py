@@ -5,6 +5,7 @@ The sampler calls, once per forward (see docs/DESIGN.md):
     decisions = policy.decide(steps)        # pure: one ChunkDecision per ChunkStep, same order
     # forward only the chunks with compute=True -> velocities {chunk_id: v}
     delta = v * s.dt if d.compute else policy.reused_delta(s)
+    # (a family with its own solver steps from v, or from policy.reused_velocity(s) for a reused chunk)
     policy.update(steps, decisions, velocities, deltas)
     policy.drop(chunk_id)                   # once a chunk is clean
 
@@ -147,6 +148,17 @@ class CachePolicy:
         if self.reuse == "extrapolate":
             return self._extrapolated(cid, step.t) * step.dt
         return self._delta[cid]
+
+    def reused_velocity(self, step: ChunkStep) -> Tensor:
+        """The model output to step with for a chunk this forward reuses, for families whose own solver turns
+        outputs into updates (multistep UniPC): the last computed output ("displacement", "velocity"), or the
+        output extended in t from the last two ("extrapolate")."""
+        cid = step.chunk_id
+        if cid not in self._velocity:
+            raise RuntimeError(f"chunk {cid} is reused before any computed step (policy bug)")
+        if self.reuse == "extrapolate":
+            return self._extrapolated(cid, step.t)
+        return self._velocity[cid]
 
     def _extrapolated(self, cid: int, t: float) -> Tensor:
         """v(t) on the line through the chunk's last two computed (t, v), guarded: the last velocity as is when

@@ -5,7 +5,9 @@ Per forward of the plan, front to back:
 2. when a chunk enters the window: K/V no later row attends to is evicted, and with a KV budget the chunk that
    has just become clean is written first (so the compression event can include it), then room is made;
 3. the family's forward function runs the computed rows (and clean rows, whose K/V later chunks read);
-4. every denoising chunk moves one Euler step: computed ones by v*dt, reused ones by the policy's cached update;
+4. every denoising chunk moves one step: computed ones from their velocity, reused ones from the policy's cache
+   (Euler in t: v*dt and the cached update; a family with its own solver, `advance`: the model output and the
+   reused model output);
 5. an event is emitted; chunks that reached t = 1 are yielded.
 The loop knows chunks, steps, t, dt, features, a KV store and events; what a forward is belongs to the family.
 """
@@ -62,6 +64,10 @@ class Generation(Protocol):
     def emit(self, chunk_id: int) -> tuple[int, int, Tensor]:
         """(output index, chunks this run outputs, clean latent (C, frames, h, w)) of a chunk that is clean."""
 
+    # optional `advance(step: ChunkStep, output: Tensor) -> None`: the family's own solver (e.g. multistep UniPC)
+    # moves the chunk's state from this step's model output in place; the policy then caches and reuses model
+    # outputs (`reused_velocity`). Without it the loop adds the Euler update v*dt (the policy reuses updates).
+
 
 @torch.no_grad()
 def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: RunRecord,
@@ -117,10 +123,15 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
                 queries = out.queries
         final_clean.update(r.chunk_id for r in rows if r.clean)
         deltas = {}
+        advance = getattr(gen, "advance", None)
         for s, d in zip(steps, decisions):
-            delta = velocities[s.chunk_id] * s.dt if d.compute else policy.reused_delta(s)
+            if advance is None:  # Euler in t
+                delta = velocities[s.chunk_id] * s.dt if d.compute else policy.reused_delta(s)
+                gen.chunk(s.chunk_id).add_(delta)
+            else:  # the family's solver steps from a model output, computed or reused
+                delta = velocities[s.chunk_id] if d.compute else policy.reused_velocity(s)
+                advance(s, delta)
             deltas[s.chunk_id] = delta
-            gen.chunk(s.chunk_id).add_(delta)
             bucket = record.computed if d.compute else record.reused
             bucket[s.chunk_id] = bucket.get(s.chunk_id, 0) + 1
         policy.update(steps, decisions, velocities, deltas)
