@@ -27,13 +27,14 @@ from flowcache_core.eval.sweep import (
 )  # fmt: skip
 
 
-def render(result: SweepResult, min_psnr: float, min_ssim: float) -> Table:
-    table = Table(title=f"sweep vs none (floor: PSNR >= {min_psnr:g} dB, SSIM >= {min_ssim:g})")
+def render(result: SweepResult, min_psnr: float, min_ssim: float, min_psnr_each: float | None = None) -> Table:
+    each = f", every run's PSNR >= {min_psnr_each:g} dB" if min_psnr_each is not None else ""
+    table = Table(title=f"sweep vs none (floor: PSNR >= {min_psnr:g} dB, SSIM >= {min_ssim:g}{each})")
     cols = ["setting", "runs", "mean s", "speedup", "median", "cpu speedup", "computed/total", "ideal", "real/ideal", "PSNR dB",
             "min PSNR", "SSIM", "LPIPS"]  # fmt: skip
     for c in cols:
         table.add_column(c, justify="left" if c == "setting" else "right", no_wrap=c == "setting")
-    rec = recommend(result.summaries, min_psnr, min_ssim)
+    rec = recommend(result.summaries, min_psnr, min_ssim, min_psnr_each)
     for s in result.summaries:
         style = "bold green" if rec is not None and s.setting == rec.setting else None
         table.add_row(s.setting, str(s.runs), f"{s.mean_seconds:.2f}", f"{s.speedup:.2f}x", f"{s.speedup_median:.2f}x", f"{s.cpu_speedup:.2f}x",
@@ -58,6 +59,7 @@ def sweep_cmd(
                                     help="Reuse modes of the policies that have one: displacement (published rule), velocity, extrapolate."),
     min_psnr: float = typer.Option(25.0, "--min-psnr", help="Recommendation floor: mean PSNR vs none (dB)."),
     min_ssim: float = typer.Option(0.75, "--min-ssim", help="Recommendation floor: mean SSIM vs none."),
+    min_psnr_each: Optional[float] = typer.Option(None, "--min-psnr-each", help="Recommendation floor on every single run's PSNR vs none (dB); default: none."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="A model bundle; default: the shipped model."),
     output_dir: Path = typer.Option(Path("sweep_results"), "--output-dir", help="Where sweep.json and sweep_pareto.png go (created)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
@@ -69,6 +71,8 @@ def sweep_cmd(
         raise FlowcacheError(f"--min-psnr {min_psnr!r} must be a finite number (dB)")
     if not 0.0 <= min_ssim <= 1.0:
         raise FlowcacheError(f"--min-ssim {min_ssim!r} must be in [0, 1]")
+    if min_psnr_each is not None and not math.isfinite(min_psnr_each):
+        raise FlowcacheError(f"--min-psnr-each {min_psnr_each!r} must be a finite number (dB)")
     if warmup_steps is not None and warmup_steps < 0:
         raise FlowcacheError(f"--warmup-steps {warmup_steps} must be >= 0")
     thr = parse_float_list(thresholds, "--thresholds")
@@ -80,7 +84,7 @@ def sweep_cmd(
     texts = read_prompt_file(prompt_file) if prompt_file is not None else default_prompts(prompts)
     cfg = SweepConfig(texts, sds, thr, pol, modes, warmup_steps=warmup_steps, num_steps=num_steps,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, device=device,
-                      lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim)
+                      lpips=not no_lpips, min_psnr=min_psnr, min_ssim=min_ssim, min_psnr_each=min_psnr_each)
     cfg.validate()
     check_device(device, "--device")
     request = resolve("sweep", checkpoint_dir=checkpoint_dir, device=device, num_steps=num_steps,
@@ -106,7 +110,7 @@ def sweep_cmd(
         console.print(str(json_path), highlight=False, soft_wrap=True)
         return
     wide = console if console.is_terminal else Console(width=max(console.width, 170))  # pipes: don't squeeze columns
-    wide.print(render(result, min_psnr, min_ssim))
+    wide.print(render(result, min_psnr, min_ssim, min_psnr_each))
     if result.seed_scale:
         sc = result.seed_scale
         console.print(f"scale: two seeds of none differ by PSNR {fmt_number(sc['psnr_mean'], 2)} dB, SSIM "
@@ -115,7 +119,8 @@ def sweep_cmd(
         console.print(f"LPIPS {result.lpips_status}", highlight=False, soft_wrap=True)
     rec = result.recommendation
     console.print(f"recommended: {rec}" if rec else
-                  f"recommended: none of the cached settings reaches PSNR >= {min_psnr:g} dB and SSIM >= {min_ssim:g}",
+                  f"recommended: none of the cached settings reaches PSNR >= {min_psnr:g} dB and SSIM >= {min_ssim:g}"
+                  + (f" with every run >= {min_psnr_each:g} dB" if min_psnr_each is not None else ""),
                   highlight=False, soft_wrap=True)
     console.print(f"wrote {json_path}; {plot_msg}", highlight=False, soft_wrap=True)
 

@@ -102,6 +102,18 @@ def test_recommend_follows_chunk_forwards_not_noisy_wall_time():
     assert recommend(table, 25.0, 0.75).setting == "flowcache-extrapolate@0.03"
 
 
+def test_recommend_honours_the_per_run_floor():
+    # issue 20 item 5: >= 30 dB mean and >= 25 dB on every prompt
+    fast = _summary("flowcache-extrapolate@0.1", 3.0, 32.0, 0.95, ideal=3.0)
+    fast.psnr_min = 22.0  # one prompt falls apart
+    safe = _summary("flowcache-extrapolate@0.05", 2.0, 31.0, 0.95, ideal=2.0)
+    safe.psnr_min = 27.0
+    table = [_summary("none", 1.0, None, None, policy="none"), fast, safe]
+    assert recommend(table, 30.0, 0.75).setting == "flowcache-extrapolate@0.1"
+    assert recommend(table, 30.0, 0.75, 25.0).setting == "flowcache-extrapolate@0.05"
+    assert recommend(table, 30.0, 0.75, 28.0) is None
+
+
 def test_pareto_front():
     pts = [(1.0, 30.0), (2.0, 25.0), (1.5, 20.0), (3.0, 10.0)]
     assert pareto_front(pts) == [0, 1, 3]

@@ -159,6 +159,7 @@ class SweepConfig:
     warmup_run: bool = True  # one untimed `none` video before the timed ones
     min_psnr: float = 25.0
     min_ssim: float = 0.75
+    min_psnr_each: float | None = None  # floor on every single run's PSNR (each prompt and seed); None: no floor
 
     def validate(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -179,6 +180,8 @@ class SweepConfig:
             raise FlowcacheError(f"min_psnr {self.min_psnr!r} must be a finite number (dB)")
         if not (0.0 <= self.min_ssim <= 1.0):
             raise FlowcacheError(f"min_ssim {self.min_ssim!r} must be in [0, 1]")
+        if self.min_psnr_each is not None and not math.isfinite(self.min_psnr_each):
+            raise FlowcacheError(f"min_psnr_each {self.min_psnr_each!r} must be a finite number (dB)")
 
     @property
     def settings(self) -> list[Setting]:
@@ -352,7 +355,7 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
                           ssim_mean=float(np.mean([d["ssim"] for d in scale_pairs])),
                           lpips_mean=None if any(v is None for v in lps) else float(np.mean(lps)),
                           pairs=scale_pairs)
-    rec_s = recommend(summaries, cfg.min_psnr, cfg.min_ssim)
+    rec_s = recommend(summaries, cfg.min_psnr, cfg.min_ssim, cfg.min_psnr_each)
     rt = b.config.runtime
     model = dict(path=str(b.path) if b.path else None, num_steps=cfg.num_steps or rt.num_steps,
                  num_frames=cfg.num_frames or rt.num_frames, size=[rt.video_size_h, rt.video_size_w],
@@ -396,12 +399,15 @@ def summarize(rows: list[RunRow], settings: list[Setting]) -> list[SettingSummar
     return out
 
 
-def recommend(summaries: list[SettingSummary], min_psnr: float, min_ssim: float) -> SettingSummary | None:
-    """The fastest cached setting with mean PSNR >= min_psnr and mean SSIM >= min_ssim, ranked by the
+def recommend(summaries: list[SettingSummary], min_psnr: float, min_ssim: float,
+              min_psnr_each: float | None = None) -> SettingSummary | None:
+    """The fastest cached setting with mean PSNR >= min_psnr, mean SSIM >= min_ssim and (when given) every run's
+    PSNR >= min_psnr_each, ranked by the
     chunk-forwards speedup (total / computed: deterministic, unlike wall time, which is only reported);
     ties go to the higher PSNR, then the higher wall speedup. None when no cached setting clears both floors."""
     ok = [s for s in summaries if s.policy != "none" and s.psnr_mean is not None and s.ssim_mean is not None
-          and s.psnr_mean >= min_psnr and s.ssim_mean >= min_ssim and math.isfinite(s.ideal_speedup)]
+          and s.psnr_mean >= min_psnr and s.ssim_mean >= min_ssim and math.isfinite(s.ideal_speedup)
+          and (min_psnr_each is None or (s.psnr_min is not None and s.psnr_min >= min_psnr_each))]
     if not ok:
         return None
     return max(ok, key=lambda s: (s.ideal_speedup, s.psnr_mean, s.speedup if math.isfinite(s.speedup) else 0.0))
