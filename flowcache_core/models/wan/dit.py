@@ -245,25 +245,23 @@ class _Forward:
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (B, S, H, hd) of this forward's blocks -> (B, S, H, hd); writes/records per `kv`."""
         L, kv = self.block_tokens, self.kv
-        out = None if len(self.groups) == 1 else torch.empty_like(q)
-        for g in self.groups:
+        outs = []
+        for g in self.groups:  # in block order, covering every block once
             ks, vs = [k[:, g.lo * L : g.hi * L]], [v[:, g.lo * L : g.hi * L]]
             if g.stored:
                 sk, sv = kv.access.store.read(layer, kv.access.read_ctxs, list(g.stored))  # (Li, H, hd) pieces
-                ks.insert(0, torch.cat(sk)[None].to(q.dtype))
-                vs.insert(0, torch.cat(sv)[None].to(q.dtype))
+                ks = [piece[None].to(q.dtype) for piece in sk] + ks  # stored first, then this forward's
+                vs = [piece[None].to(q.dtype) for piece in sv] + vs
             kk = torch.cat(ks, dim=1) if len(ks) > 1 else ks[0]
             vv = torch.cat(vs, dim=1) if len(vs) > 1 else vs[0]
-            o = attend(q[:, g.first * L : g.last * L], kk, vv, backend=self.backend)
-            if out is None:
-                return self._record(layer, q, k, v, o)
-            out[:, g.first * L : g.last * L] = o
-        return self._record(layer, q, k, v, out)
+            outs.append(attend(q[:, g.first * L : g.last * L], kk, vv, backend=self.backend))
+        if kv is not None:
+            self._record(layer, q, k, v)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def _record(self, layer, q, k, v, out):
+    def _record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the K/V of the blocks marked `write`; keep the queries the KV compressor asked for."""
         kv, L = self.kv, self.block_tokens
-        if kv is None:
-            return out
         several = len(kv.chunk_ids) > 1
         for b, cid in enumerate(kv.chunk_ids):
             if kv.write[b]:
@@ -274,7 +272,6 @@ class _Forward:
         if kv.queries_of in kv.chunk_ids:
             b = kv.chunk_ids.index(kv.queries_of)
             kv.queries[layer] = q[0, b * L : (b + 1) * L].detach()
-        return out
 
 
 # --------------------------------------------------------------------------------------------------------
