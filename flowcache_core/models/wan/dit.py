@@ -74,6 +74,8 @@ class _Group:
 
 
 def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
+    """The keys each of this forward's n blocks attends to, as runs of blocks that share them (one attention call
+    each): block b sees chunks kv_start[b]..its own (all of this forward's blocks from kv_start[b] if not causal)."""
     groups: list[_Group] = []
     for b in range(n):
         stored, lo = (), 0
@@ -95,24 +97,29 @@ def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
 def rope_cos_sin(head_dim: int, frames: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """frames: (F,) latent-frame positions -> cos, sin (F*h*w, head_dim/2) float32, one angle per pair of dims.
 
-    The head dim splits into frame, h and w parts (w and h: 2*(hd//6) dims each, frame the rest), each with
-    frequencies 10000^(-2i/d) over its own d. Angles in float64 as diffusers' table, so positions past its
-    1024 rows are computed the same way.
+    The head dim splits into frame, h and w parts (h and w: 2*(hd//6) dims each, the frame the rest), each with
+    frequencies 10000^(-2i/d) over its own d. Angles, cos and sin in float64 as diffusers' table, then float32;
+    positions past its 1024 rows are computed the same way.
     """
     d_hw = 2 * (head_dim // 6)
     dev = frames.device
 
-    def angles(pos: torch.Tensor, d: int) -> torch.Tensor:  # (n,) -> (n, d/2)
+    def axis(pos: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:  # (n,) -> cos, sin (n, d/2)
         inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64, device=dev) / d))
-        return torch.outer(pos.to(torch.float64), inv_freq)
+        angle = torch.outer(pos.to(torch.float64), inv_freq)
+        return angle.cos().float(), angle.sin().float()
 
-    a_f = angles(frames, head_dim - 2 * d_hw)  # (F, d_f/2)
-    a_h = angles(torch.arange(h, device=dev), d_hw)  # (h, d_hw/2)
-    a_w = angles(torch.arange(w, device=dev), d_hw)  # (w, d_hw/2)
     n = frames.shape[0]
-    grid = torch.cat([a_f[:, None, None].expand(n, h, w, -1), a_h[None, :, None].expand(n, h, w, -1),
-                      a_w[None, None].expand(n, h, w, -1)], dim=-1).reshape(n * h * w, head_dim // 2)
-    return grid.cos().float(), grid.sin().float()
+    per_axis = (axis(frames, head_dim - 2 * d_hw), axis(torch.arange(h, device=dev), d_hw),
+                axis(torch.arange(w, device=dev), d_hw))
+
+    def grid(i: int) -> torch.Tensor:  # 0: cos, 1: sin -> (F*h*w, hd/2), [frame | h | w] parts per token
+        f_, h_, w_ = (a[i] for a in per_axis)
+        parts = [f_[:, None, None].expand(n, h, w, -1), h_[None, :, None].expand(n, h, w, -1),
+                 w_[None, None].expand(n, h, w, -1)]
+        return torch.cat(parts, dim=-1).reshape(n * h * w, head_dim // 2)
+
+    return grid(0), grid(1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -330,11 +337,13 @@ class WanDiT(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *, frame_offset: int = 0,
                 block_frames: int, fps: int | None = None, kv: WanKV | None = None,
                 causal: bool | None = None) -> torch.Tensor:
-        """Model output (the flow velocity of diffusers' pipelines) of x's frames: (B, C, F, H, W) float32.
+        """The model output for x's frames, (B, C, F, H, W) float32: diffusers' flow velocity, noise - clean
+        (sigma = timestep / 1000 goes 1 -> 0), so the engine's v (t = 0 noise -> 1 clean) is its negative.
 
         x (B, C, F, H, W) latents of whole blocks; timesteps (B, F) per frame, 0..1000; context (B, Lt, D) from
         embed_text; frame_offset: RoPE position of x's first frame; causal: blocks see only earlier blocks
-        (default: block_frames > 1, diffusers' rule); fps: frames per second (SkyReels-V2 embeds 16 vs other).
+        (default: block_frames > 1, diffusers' rule); fps: frames per second (SkyReels-V2 embeds 16 vs other);
+        kv: read earlier chunks' K/V from the store and write this forward's (see `WanKV`).
         """
         B, _, nf, Hl, Wl = x.shape
         _, ph, pw = self.cfg.patch_size
