@@ -128,4 +128,5 @@ def check_fields(cls: type, obj: Any, section: str, where: str = "", limits: Map
             raise FlowcacheError(f"{at(where, section)}: key {extra[0]!r} unknown (allowed: {', '.join(names)})")
     for name in names:
         if name in obj:
-            check_value(obj[name], hints[name], f"{section}.{name}", (limits or {}).get(name), where)
+            path = f"{section}.{name}" if section else name  # a file's top-level object has no section name
+            check_value(obj[name], hints[name], path, (limits or {}).get(name), where)
