@@ -142,9 +142,34 @@ def test_forward_refuses_a_broken_contract():
         model(x, t[:, :5], ctx, block_frames=2, fps=24)
     with pytest.raises(ValueError, match="pass fps"):
         model(x, t, ctx, block_frames=2)
-    kv = WanKV(KVAccess(KVStore(2)), [0, 2, 3, 4, 5], [0] * 5, [False] * 5)
-    with pytest.raises(ValueError, match="consecutive"):
+    kv = WanKV(KVAccess(KVStore(2)), [0, 2, 2, 4, 5], [0] * 5, [False] * 5)
+    with pytest.raises(ValueError, match="must increase"):
         model(x, t, ctx, block_frames=2, fps=24, kv=kv)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_skipped_chunk_is_attended_through_its_stored_kv(causal):
+    # A cache policy skips chunk 2: the others are forwarded (not adjacent), chunk 2 is read from the store where
+    # its last forward wrote it. With its stored K/V current, the output equals the full forward's.
+    bf, model = 2, random_model(tiny_cfg())
+    x, t, text = inputs()
+    ctx = model.embed_text(text)
+    full = model(x, t, ctx, block_frames=bf, fps=24, causal=causal)
+    store = KVStore(num_layers=2)
+    model(x, t, ctx, block_frames=bf, fps=24, causal=causal,
+          kv=WanKV(KVAccess(store), [0, 1, 2, 3, 4], [0] * 5, [True] * 5,
+                   kv_end=None if causal else [5] * 5))
+    keep = [0, 1, 3, 4]
+    frames = torch.tensor([f for c in keep for f in range(c * bf, (c + 1) * bf)])
+    kv = WanKV(KVAccess(store), keep, [0] * 4, [True] * 4, kv_end=None if causal else [5] * 4)
+    out = model(x[:, :, frames], t[:, frames], ctx, block_frames=bf, fps=24, causal=causal, kv=kv,
+                positions=frames)
+    assert rel_err(out, full[:, :, frames]) <= 1e-5
+    # and the positions matter: the same blocks at adjacent positions give another output
+    moved = model(x[:, :, frames], t[:, frames], ctx, block_frames=bf, fps=24, causal=causal,
+                  kv=WanKV(KVAccess(store), keep, [0] * 4, [False] * 4, kv_end=None if causal else [5] * 4))
+    assert rel_err(moved, full[:, :, frames]) > 1e-3
 
 
 # --------------------------------------------------------------------------------------------------------

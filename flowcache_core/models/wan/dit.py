@@ -18,6 +18,7 @@ about caching policies.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from dataclasses import dataclass, field, replace
@@ -48,9 +49,10 @@ def fps_index(fps: int) -> int:
 class WanKV:
     """How one forward uses the KV store (one video: batch 1).
 
-    Block b of x is chunk `chunk_ids[b]` (consecutive ids). It attends to chunks kv_start[b]..chunk_ids[b]: the
-    ones in this forward with their fresh K/V (block-causally), the earlier ones from the store. Stored K/V are
-    per layer and chunk, after norm_k and RoPE at their absolute frames: (L, H, hd), L = block_frames * h * w.
+    Block b of x is chunk `chunk_ids[b]` (increasing ids; gaps allowed: a chunk a cache policy skips this forward
+    is attended through the K/V it last wrote). Block b attends to chunks kv_start[b] .. kv_end[b] - 1: those in
+    this forward with their fresh K/V, the others from the store. kv_end default: chunk_ids[b] + 1 (block-causal).
+    Stored K/V are per layer and chunk, after norm_k and RoPE at their positions: (L, H, hd), L = block tokens.
     """
 
     access: KVAccess  # the store, the contexts to read (in order) and the one to write
@@ -59,6 +61,7 @@ class WanKV:
     write: list[bool]  # per block: write its K/V of every layer to the store
     queries_of: int | None = None  # a chunk of this forward whose queries the KV compressor will need
     queries: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by forward: layer -> (L, H, hd)
+    kv_end: list[int] | None = None  # per block: one past the last chunk it attends to (None: itself)
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,17 @@ class _Group:
 
 def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
     """The keys each of this forward's n blocks attends to, as runs of blocks that share them (one attention call
-    each): block b sees chunks kv_start[b]..its own (all of this forward's blocks from kv_start[b] if not causal)."""
+    each): block b sees chunks kv_start[b] .. kv_end[b] - 1 (without a store: blocks <= b, or all if not causal);
+    the ones not in this forward come from the store, first (with consecutive ids: the chunks before the first)."""
     groups: list[_Group] = []
     for b in range(n):
-        stored, lo = (), 0
-        if kv is not None:  # chunks in range before this forward's first come from the store
-            first_id = kv.chunk_ids[0]
-            stored, lo = tuple(range(kv.kv_start[b], first_id)), max(0, kv.kv_start[b] - first_id)
-        hi = b + 1 if causal else n
+        stored, lo, hi = (), 0, (b + 1 if causal else n)
+        if kv is not None:
+            ids = kv.chunk_ids
+            end = kv.kv_end[b] if kv.kv_end is not None else (ids[b] + 1 if causal else ids[-1] + 1)
+            here = set(ids)
+            stored = tuple(c for c in range(kv.kv_start[b], end) if c not in here)
+            lo, hi = bisect.bisect_left(ids, kv.kv_start[b]), bisect.bisect_left(ids, end)
         last = groups[-1] if groups else None
         if last is not None and (last.stored, last.lo, last.hi) == (stored, lo, hi):
             groups[-1] = replace(last, last=b + 1)
@@ -336,12 +342,13 @@ class WanDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *, frame_offset: int = 0,
                 block_frames: int, fps: int | None = None, kv: WanKV | None = None,
-                causal: bool | None = None) -> torch.Tensor:
+                causal: bool | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The model output for x's frames, (B, C, F, H, W) float32: diffusers' flow velocity, noise - clean
         (sigma = timestep / 1000 goes 1 -> 0), so the engine's v (t = 0 noise -> 1 clean) is its negative.
 
         x (B, C, F, H, W) latents of whole blocks; timesteps (B, F) per frame, 0..1000; context (B, Lt, D) from
-        embed_text; frame_offset: RoPE position of x's first frame; causal: blocks see only earlier blocks
+        embed_text; frame_offset: RoPE position of x's first frame (positions: (F,) one per frame instead, for
+        blocks that are not adjacent); causal: blocks see only earlier blocks
         (default: block_frames > 1, diffusers' rule); fps: frames per second (SkyReels-V2 embeds 16 vs other);
         kv: read earlier chunks' K/V from the store and write this forward's (see `WanKV`).
         """
@@ -354,7 +361,7 @@ class WanDiT(nn.Module):
 
         tokens = self.embed_patches(x)  # (B, F, P, D)
         temb, modulation = self.condition(timesteps, fps)  # (B, F, D), (B, F, 6, D)
-        frames = torch.arange(nf, device=x.device) + frame_offset
+        frames = torch.arange(nf, device=x.device) + frame_offset if positions is None else positions.to(x.device)
         ctx = _Forward(modulation, context.to(self.dtype), rope_cos_sin(self.cfg.attention_head_dim, frames, h, w),
                        attention_groups(n, causal, kv), block_frames * h * w, kv, self.attn_backend)
         for block in self.blocks:
@@ -383,7 +390,9 @@ def _check_inputs(x, timesteps, context, block_frames: int, patch: tuple[int, in
         raise ValueError("the KV store serves one video at a time")
     if not len(ids) == len(kv.kv_start) == len(kv.write) == n:
         raise ValueError(f"{n} blocks but {len(ids)} chunk_ids, {len(kv.kv_start)} kv_start, {len(kv.write)} write")
-    if ids != list(range(ids[0], ids[0] + n)):
-        raise ValueError(f"chunk_ids {ids} must be consecutive")
+    if any(b <= a for a, b in zip(ids, ids[1:])):
+        raise ValueError(f"chunk_ids {ids} must increase")
     if any(s > c for s, c in zip(kv.kv_start, ids)):
         raise ValueError(f"kv_start {kv.kv_start} must not pass chunk_ids {ids}")
+    if kv.kv_end is not None and (len(kv.kv_end) != n or any(e <= c for e, c in zip(kv.kv_end, ids))):
+        raise ValueError(f"kv_end {kv.kv_end} must hold one entry per block, each past its chunk id {ids}")
