@@ -109,6 +109,9 @@ def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = 
     resolved = resolve_cache(cache, [("the model's config.json", family.cache_defaults(config)),
                                      (source, _cache_defaults(file_data))])
     resolved.kv.validate_for(family.window_size(config))
+    check_cache = getattr(family, "check_cache", None)  # a family may allow a cache setting in some runs only
+    if check_cache is not None:
+        check_cache(config, resolved)
     return Request(family, path, variant, config, resolved, prompt, mode, device, attn_backend)
 
 
@@ -190,6 +193,6 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
         record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
     video = np.concatenate(frames)
     keep = getattr(gen, "output_frames", None)  # whole chunks were generated: drop the frames past the request
-    if keep is not None:
-        video = video[:keep]
+    skip = getattr(gen, "output_skip", 0)  # frames that repeat a given video (decoded for the codec's state only)
+    video = video[skip:keep]
     return GenerationResult(video, gen.fps, record, torch.cat(latents, 1), request.cache, events)

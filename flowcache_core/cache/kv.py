@@ -92,10 +92,10 @@ class KVStore:
         for slots in self._slots:
             slots.pop((ctx, chunk_id), None)
 
-    def release_window_copies(self, chunk_id: int) -> None:
-        """The chunk is clean: the per-pass copies of its window K/V (contexts other than MAIN) can go."""
+    def release_window_copies(self, chunk_id: int, keep: tuple[str, ...] = ()) -> None:
+        """The chunk is clean: the per-pass copies of its window K/V (contexts other than MAIN and `keep`) can go."""
         for slots in self._slots:
-            for key in [k for k in slots if k[1] == chunk_id and k[0] != self.MAIN]:
+            for key in [k for k in slots if k[1] == chunk_id and k[0] != self.MAIN and k[0] not in keep]:
                 del slots[key]
 
     def evict_before(self, chunk_id: int) -> None:

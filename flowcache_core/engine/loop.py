@@ -64,6 +64,9 @@ class Generation(Protocol):
     def emit(self, chunk_id: int) -> tuple[int, int, Tensor]:
         """(output index, chunks this run outputs, clean latent (C, frames, h, w)) of a chunk that is clean."""
 
+    # optional `clean_kv_contexts: tuple[str, ...]`: KV contexts other than the store's MAIN that later chunks read
+    # for a clean chunk (a guidance pass with its own K/V), kept when the chunk is emitted; default none.
+    # optional `output_skip: int`: frames at the start of the decoded video that repeat a given one, not output.
     # optional `advance(step: ChunkStep, output: Tensor) -> None`: the family's own solver (e.g. multistep UniPC)
     # moves the chunk's state from this step's model output in place; the policy then caches and reuses model
     # outputs (`reused_velocity`). Without it the loop adds the Euler update v*dt (the policy reuses updates).
@@ -147,7 +150,7 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
             seconds=time.perf_counter() - started, total_forwards=total_forwards))
         for c in f.emits:
             policy.drop(c)
-            store.release_window_copies(c)
+            store.release_window_copies(c, keep=getattr(gen, "clean_kv_contexts", ()))
             idx, total, latent = gen.emit(c)
             on_event(ChunkEmitted(idx, c, total))
             yield idx, latent
