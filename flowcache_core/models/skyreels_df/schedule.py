@@ -91,6 +91,10 @@ class BlockRow:
     timesteps: tuple[int, ...]  # the DiT's timestep of each block: padded template[index]
     updated: tuple[int, ...]  # blocks the solver steps this iteration (each at its own step index - 1)
 
+    def step(self, block: int) -> int | None:
+        """The block's own denoise step in this iteration, None when it is not updated."""
+        return self.index[block] - 1 if block in self.updated else None
+
 
 @dataclass(frozen=True)
 class BlockSchedule:
