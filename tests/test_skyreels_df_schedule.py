@@ -30,6 +30,8 @@ from flowcache_core.models.skyreels_df.solver import (  # noqa: E402
     SolverConfig, UniPC, flow_t, read_scheduler_config, schedule, with_shift)
 
 C, HW = 16, 16  # latent channels (Wan VAE z_dim); pixel height = width (latent 2 x 2)
+# the end-to-end test also runs on CUDA where there is one: diffusers then draws addnoise from the CUDA generator
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _diffusers_scheduler(**kw) -> UniPCMultistepScheduler:
@@ -73,8 +75,12 @@ def test_timestep_matrix_equals_diffusers(F, base, ar, pre, B, n):
     matrix, index, mask, interval = sch.frame_view()
     assert torch.equal(matrix, ref[0]) and torch.equal(index, ref[1]) and torch.equal(mask, ref[2])
     assert interval == ref[3]
-    for r in sch.rows:  # the block view agrees with itself: updated blocks are those whose position moved
-        assert all(1 <= r.index[j] <= n for j in r.updated)
+    done = [0] * sch.num_blocks  # a block's step is the number of its earlier updates: what its solver state counts
+    for r in sch.rows:
+        for j in range(sch.num_blocks):
+            assert r.step(j) == (done[j] if j in r.updated else None)
+        for j in r.updated:
+            done[j] += 1
 
 
 def test_too_small_ar_step_is_one_line():
@@ -119,7 +125,8 @@ def _ours_trajectory(cfg, num_steps, x, outputs, in_place):
 
 SOLVER_GRID = [
     dict(flow_shift=8.0), dict(flow_shift=5.0), dict(flow_shift=1.0), dict(flow_shift=3.0, solver_order=1),
-    dict(flow_shift=8.0, solver_type="bh1", final_sigmas_type="sigma_min"), dict(flow_shift=8.0, lower_order_final=False, final_sigmas_type="sigma_min"),
+    dict(flow_shift=8.0, solver_type="bh1", final_sigmas_type="sigma_min"),
+    dict(flow_shift=8.0, lower_order_final=False, final_sigmas_type="sigma_min"),
     dict(flow_shift=5.0, final_sigmas_type="sigma_min"), dict(flow_shift=8.0, disable_corrector=[0, 2]),
 ]
 
@@ -145,8 +152,9 @@ def test_settings_that_end_in_nan_are_refused():
     assert torch.isnan(x).all()  # what diffusers gives
     with pytest.raises(FlowcacheError, match="bh1"):
         SolverConfig(solver_type="bh1")
-    x = _per_frame_reference(_diffusers_scheduler(flow_shift=8.0, lower_order_final=False), 3,
-                             torch.ones(1, 1, 1, 1), [torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1, 1)], False)
+    one = torch.ones(1, 1, 1, 1)
+    x = _per_frame_reference(_diffusers_scheduler(flow_shift=8.0, lower_order_final=False), 3, one,
+                             [one, -one, one], False)
     assert not torch.isfinite(x).all()
     with pytest.raises(FlowcacheError, match="lower_order_final"):
         SolverConfig(lower_order_final=False)
@@ -360,9 +368,9 @@ def _vae():
                             temperal_downsample=[False, True, True])
 
 
-def _pipe(cls, dtype, shift=8.0):
+def _pipe(cls, dtype, shift=8.0, device="cpu"):
     pipe = cls(tokenizer=None, text_encoder=None, transformer=FakeDiT(dtype), vae=_vae(),
-               scheduler=_diffusers_scheduler(flow_shift=shift))
+               scheduler=_diffusers_scheduler(flow_shift=shift)).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -388,21 +396,21 @@ def _video(frames):
 
 def _encoded_prefix(pipe, mode, overlap_history, B, video=None):
     """What our family does with its VAE: encode (mode of the latent distribution), then our latents.* helpers."""
-    vae, cfg = pipe.vae, pipe.vae.config
+    vae, cfg, dev = pipe.vae, pipe.vae.config, pipe.vae.device
     if mode == "i2v":
-        px = pipe.video_processor.preprocess(_image(), height=HW, width=HW).to(torch.float32)
+        px = pipe.video_processor.preprocess(_image(), height=HW, width=HW).to(dev, torch.float32)
         enc = vae.encode(px.unsqueeze(2).to(vae.dtype)).latent_dist.mode()[0]
         return L.image_prefix(enc, cfg.latents_mean, cfg.latents_std)
-    px = pipe.video_processor.preprocess_video(video, height=HW, width=HW).to(torch.float32)
+    px = pipe.video_processor.preprocess_video(video, height=HW, width=HW).to(dev, torch.float32)
     enc = vae.encode(px[:, :, -overlap_history:].to(vae.dtype)).latent_dist.mode()[0]
     return L.video_prefix(enc, cfg.latents_mean, cfg.latents_std, B, vae.dtype)
 
 
-def _run_plan(pl, lay, solver, first_prefix, model_dtype, seed=3):
+def _run_plan(pl, lay, solver, first_prefix, model_dtype, device, seed=3):
     """Executes our plan with per-chunk K caches: only the plan's rows (and context) are forwarded."""
     B = pl.block_size
-    noises = L.draw_noise(torch.Generator("cpu").manual_seed(seed), lay, C, 2, 2, "cpu")
-    addgen = L.addnoise_generator(seed, "cpu")
+    noises = L.draw_noise(torch.Generator("cpu").manual_seed(seed), lay, C, 2, 2, device)
+    addgen = L.addnoise_generator(seed, device)
     output = None
     for seg, noise in zip(lay.segments, noises):
         prefix = first_prefix if seg.index == 0 else L.overlap_prefix(output, lay.overlap_latent_frames, B)
@@ -451,11 +459,13 @@ E2E = [  # mode, num_frames, base, overlap, ar_step, block, addnoise, model dtyp
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,num_frames,base,overlap,ar,B,addnoise,dtype,steps", E2E)
-def test_plan_solver_and_latents_equal_the_pipeline(mode, num_frames, base, overlap, ar, B, addnoise, dtype, steps):
+def test_plan_solver_and_latents_equal_the_pipeline(mode, num_frames, base, overlap, ar, B, addnoise, dtype, steps,
+                                                     device):
     cls = {"t2v": T2V, "i2v": I2V, "v2v": V2V}[mode]
     shift = 8.0 if mode == "t2v" else 5.0
-    pipe = _pipe(cls, dtype, shift)
+    pipe = _pipe(cls, dtype, shift, device)
     video = _video(15) if mode == "v2v" else None
     extra = {"image": _image()} if mode == "i2v" else {"video": video} if mode == "v2v" else {}
     ref = _run(pipe, num_frames=num_frames, base_num_frames=base, overlap_history=overlap, ar_step=ar,
@@ -466,7 +476,7 @@ def test_plan_solver_and_latents_equal_the_pipeline(mode, num_frames, base, over
     pl = plan_forwards(lay, solver.timesteps, flow_t(solver.sigmas), ar_step=ar, causal_block_size=B,
                        addnoise_condition=addnoise)
     prefix = _encoded_prefix(pipe, mode, overlap, B, video) if mode != "t2v" else None
-    ours = _run_plan(pl, lay, solver, prefix, dtype)
+    ours = _run_plan(pl, lay, solver, prefix, dtype, device)
     assert ours.shape == ref.shape
     assert torch.equal(ours, ref), (ours - ref).abs().max()
     # diffusers ran one DiT call per non-prefill forward of ours, with the same timesteps

@@ -14,8 +14,10 @@ min(N - (k (b - o) + o) + o, b) frames, and its first o frames sit on the last o
 (they are regenerated, then dropped: the output keeps frames [o, F) of it). Its given prefix is those o output
 frames with the last o % block_size of them cut (block alignment: the prefix keeps the *older* frames). v2v's
 segment 0 counts the input video's encoded tail as finished, so it has min(N, b) frames of which the prefix is
-given. The prefix is pasted into the noise once, rounded through the DiT's dtype
-(latents[:, :, :p] = prefix.to(transformer_dtype) on the float32 latents), and never updated.
+given; i2v's segment 0 has the image latent as a one-frame prefix (not cut to whole blocks; see latents.py). A
+segment left with no whole block to generate fails in diffusers (an empty timestep matrix); `layout` refuses it.
+The prefix is pasted into the noise once, rounded through the DiT's dtype (latents[:, :, :p] =
+prefix.to(transformer_dtype) on the float32 latents), and never updated.
 
 Timestep matrix (`generate_timestep_matrix`), per block of `causal_block_size` frames: a block's position in the
 padded template [999, t_0 .. t_{n-1}, 0] starts at 0 (not started; pre-ready prefix blocks at n + 1), and each
@@ -23,9 +25,10 @@ iteration the first block, or a block whose left neighbour had reached n, moves 
 ar_step behind its left neighbour's new position; all clamped to [0, n + 1]. A block is updated when its position
 changed and is not n + 1; at position k it is stepped from timestep t_{k-1}, its own step k - 1. Iterations run
 until every block is at n or beyond. Frames past the last whole block are in no block: never forwarded, never
-updated (they stay noise). The valid interval only slides when base < num blocks; the pipelines always pass
-base >= num frames, so every forward covers the whole segment (t2v / v2v pass the segment's own length, i2v
-passes b, which can exceed a short last segment: the interval then runs past its end and is clamped by slicing).
+updated, yet output (they stay the initial noise; `Segment.tail`). The valid interval only slides when
+base < num blocks; the pipelines always pass base >= num frames, so every forward covers the whole segment (t2v /
+v2v pass the segment's own length; i2v passes b, which exceeds a short last segment: diffusers 0.42.1 then indexes
+past the segment and fails with IndexError; we clamp the interval to the segment, which is what t2v does).
 
 Attention. The DiT masks attention block-causally only when the block size is > 1 (`num_frame_per_block`, which
 `causal_block_size` sets); with blocks of 1 every frame sees every frame of the forward. In causal runs a clean
@@ -87,6 +90,10 @@ class BlockRow:
     index: tuple[int, ...]  # position in the padded template: 0 not started, k in 1..n at its step k-1, n+1 clean
     timesteps: tuple[int, ...]  # the DiT's timestep of each block: padded template[index]
     updated: tuple[int, ...]  # blocks the solver steps this iteration (each at its own step index - 1)
+
+    def step(self, block: int) -> int | None:
+        """The block's own denoise step in this iteration, None when it is not updated."""
+        return self.index[block] - 1 if block in self.updated else None
 
 
 @dataclass(frozen=True)
@@ -257,7 +264,15 @@ def _check_segment(seg: Segment, B: int) -> None:
 
 @dataclass
 class DFForward(Forward):
-    """A forward of SkyReels DF: the generic plan record plus what the DiT call needs (diffusers' one iteration)."""
+    """A forward of SkyReels DF: the generic plan record plus what the DiT call needs (diffusers' one iteration).
+
+    rows: clean rows (step None; see the module doc for when a clean chunk is listed, once or in every forward),
+    then the chunks this iteration updates, each at its own step. emits: chunks whose frames are final and go to
+    the output (`DFPlan.chunks[c].output`): generated chunks after their last step, segment 0's given chunks (i2v
+    image, v2v video tail) in its first forward; later segments' prefix chunks are never emitted (no output).
+    Diffusers' DiT input for this iteration is latents[:, frames] in the DiT's dtype, `noised` frames mixed with
+    addnoise, timesteps `model_timesteps`; with `causal` the rows (+ cached K/V from `interval[0]` on) give the
+    same outputs for the updated chunks."""
 
     segment: int = 0
     iteration: int = 0  # row of the segment's timestep matrix (-1 for a prefill)

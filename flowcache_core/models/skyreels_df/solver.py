@@ -16,6 +16,11 @@ Facts (diffusers schedulers/scheduling_unipc_multistep.py, pipelines/skyreels_v2
 - the pipeline deep-copies the scheduler once per latent frame and steps each frame only when the timestep
   matrix updates it; all frames of a causal block share every timestep and every update, and UniPC's state is
   elementwise, so one state per block stepped on the block's (C, frames, h, w) tensor gives the same numbers.
+- the pipelines pass `latents[:, :, idx]` (a view) as `sample` and write the result back into it. On a step
+  without a corrector (the first, or one in disable_corrector) the scheduler keeps that very tensor as the next
+  corrector's `last_sample`, so the next corrector sees the *new* sample instead of the old one (from 3 steps on
+  this changes the numbers). `UniPC.step` keeps `sample` by reference just the same: pass the block's view and
+  write the result into it to get the pipelines' numbers; pass a tensor you do not overwrite for UniPC as written.
 - a copy's first `step` looks its timestep up in the schedule; when the first two int timesteps are equal
   (e.g. shift 8 from 126 steps on) it starts at index 1 and fails an assertion on the last step. We refuse
   such step counts instead (`check_steps`).
@@ -27,7 +32,6 @@ engine's `x += v * dt` carries it as the effective velocity v = (step(...) - x) 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,7 +112,7 @@ def with_shift(config: SolverConfig, shift: float | None) -> SolverConfig:
 
 
 def read_scheduler_config(path: str | Path) -> SolverConfig:
-    """Reads a diffusers scheduler_config.json (a file, or a folder holding one); refuses settings we don't implement."""
+    """A diffusers scheduler_config.json (the file, or a folder holding it); refuses settings we don't implement."""
     p = Path(path)
     if p.is_dir():
         p = p / "scheduler_config.json"
@@ -247,7 +251,7 @@ class UniPC:
         h_phi_1, B_h, _, _ = self._coefficients(hh, rks, order)
         x_t_ = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
         # order 2 uses rho_p = 1/2 (diffusers' "simplified version"); its einsum over one term is this product
-        pred_res = (torch.ones(1, dtype=x.dtype, device=dev) * 0.5)[0] * D1 if D1 is not None else 0
+        pred_res = 0.5 * D1 if D1 is not None else 0
         return (x_t_ - alpha_t * B_h * pred_res).to(x.dtype)
 
     def _correct(self, st: BlockState, m_t: Tensor, x_t: Tensor, order: int) -> Tensor:
@@ -276,7 +280,8 @@ class UniPC:
 
     def step(self, st: BlockState, model_output: Tensor, sample: Tensor) -> Tensor:
         """One update of one block: model_output (the DiT's flow prediction, noise - x0) and sample, any shape
-        (e.g. (C, frames, h, w)); returns the sample at the next sigma. Mutates `st`."""
+        (e.g. (C, frames, h, w)); returns the sample at the next sigma. Mutates `st`, which may keep `sample`
+        itself (see the module doc: write the result into the block's latents, as the pipelines do)."""
         cfg = self.config
         if st.step_index >= self.num_steps:
             raise IndexError(f"block stepped past its {self.num_steps} steps")
