@@ -66,6 +66,7 @@ class DFConfig:
     vae: dict  # vae/config.json
     settings: DFSettings = field(default_factory=DFSettings)
     cache_defaults: dict | None = None
+    clean_kv: str = "reuse"  # "recompute": forward finished and not-started blocks every step, as diffusers does
 
     @property
     def block_frames(self) -> int:

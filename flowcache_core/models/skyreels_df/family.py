@@ -5,6 +5,7 @@ diffusers names them (`--ar-step`, `--causal-block-size`, ...); `--num-steps` is
 """
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class SkyReelsDFOptions:
     ar_step: int | None = option(None, "SkyReels-V2 DF: 0 synchronous; > 0 asynchronous, each block this many steps behind the previous. Default 0.", kind=int, low=0, optional=True, example=5)
     causal_block_size: int | None = option(None, "SkyReels-V2 DF: latent frames per causal block (5 with ar_step 5). Default: the transformer's.", kind=int, low=1, optional=True, example=5)
     shift: float | None = option(None, "SkyReels-V2 DF: flow-matching shift of the noise schedule. Default: the scheduler's flow_shift.", low=0, optional=True, example=8.0)
+    clean_kv: str | None = option(None, "SkyReels-V2 DF: 'reuse' (default) reads finished blocks' K/V from the cache (exact); 'recompute' forwards every block every step, as diffusers does.", kind=str, choices=("reuse", "recompute"), optional=True, example="recompute")
     fps: int | None = option(None, "SkyReels-V2 DF: frame rate of the output (the model is conditioned on 16 vs other). Default 24.", kind=int, low=1, optional=True, example=24)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,12 @@ class SkyReelsDFFamily:
             if "pipeline_kwargs" in config_file:
                 check_settings(config_file["pipeline_kwargs"], source)
                 config = config.replace_settings(**config_file["pipeline_kwargs"])
+        clean_kv = opts.pop("clean_kv", None)
+        if clean_kv is not None:
+            check_value(clean_kv, str, spelled.get("clean_kv", "clean_kv"))
+            if clean_kv not in ("reuse", "recompute"):
+                raise FlowcacheError(f"{spelled.get('clean_kv', 'clean_kv')}={clean_kv!r} must be one of reuse, recompute")
+            config = dataclasses.replace(config, clean_kv=clean_kv)
         steps = opts.pop("num_inference_steps", None)
         if steps is not None and num_steps is not None and steps != num_steps:
             raise FlowcacheError(f"{spelled.get('num_steps', 'num_steps')}={num_steps} and "

@@ -180,7 +180,7 @@ def make_plan(config: DFConfig, mode: str, video_frames: int | None = None) -> D
                  temporal_stride=config.temporal_downsample)
     solver = solver_for(config)
     return plan_forwards(lay, solver.timesteps, flow_t(solver.sigmas), ar_step=s.ar_step, causal_block_size=B,
-                         addnoise_condition=s.addnoise_condition)
+                         addnoise_condition=s.addnoise_condition, reuse_clean_kv=config.clean_kv == "reuse")
 
 
 def prepare_generation(bundle, config: DFConfig, prompt: str, mode: str, image: np.ndarray | None,

@@ -312,7 +312,7 @@ class DFPlan:
 
 
 def plan_forwards(lay: Layout, timesteps: Sequence[int] | torch.Tensor, t: Sequence[float], *, ar_step: int,
-                  causal_block_size: int, addnoise_condition: float = 0.0) -> DFPlan:
+                  causal_block_size: int, addnoise_condition: float = 0.0, reuse_clean_kv: bool = True) -> DFPlan:
     """Every forward of a generation. `timesteps`: the solver's n int timesteps; `t`: its n + 1 noise levels
     (solver.flow_t(sigmas))."""
     B, n = causal_block_size, len(timesteps)
@@ -341,7 +341,9 @@ def plan_forwards(lay: Layout, timesteps: Sequence[int] | torch.Tensor, t: Seque
         # the causal mask (they see noisy blocks), and with addnoise (fresh noise on the prefix reaches every later
         # block through the layers). Otherwise a clean block is forwarded once: prefix blocks in a prefill, others
         # in the forward after their last update.
-        recompute = not causal or (a > 0 and p > 0)
+        # reuse_clean_kv False runs diffusers' work: every block of the interval in every forward, clean and
+        # not-started ones included (for comparisons; the video is the same)
+        recompute = not causal or (a > 0 and p > 0) or not reuse_clean_kv
         if pre_blocks and not recompute:
             rows = [Row(base + j, None, base) for j in range(pre_blocks)]
             forwards.append(DFForward(index, rows, prefill=True, segment=seg.index, iteration=-1, causal=True,
@@ -370,7 +372,7 @@ def plan_forwards(lay: Layout, timesteps: Sequence[int] | torch.Tensor, t: Seque
                     if recompute or prev_index[j] == n:
                         clean.append(Row(base + j, None, kv))
                 elif idx == 0:
-                    if not causal:
+                    if not causal or not reuse_clean_kv:
                         ctx.append(base + j)
                 else:
                     raise AssertionError(f"block {j} started but not updated at iteration {it}")
