@@ -3,6 +3,7 @@
 One forward of a window of 4 chunks (6 latent frames of 45x45 patches = 12,150 tokens each) attending block-causally
 to 2 cached clean chunks and to each other, 120 valid caption tokens per chunk: the forward `bench/gpu_forward.py`
 times. `--tiny` shapes: 4 layers of width 64, chunks of 2 frames of 4x4 patches (32 tokens), for a CPU smoke run.
+`linear_flops`: the forward's matmul FLOPs in the linear layers (what fp8 can speed up) and in all.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def magi_4_5b_shape(layers: int | None = None) -> Shape:
 def tiny_shape(layers: int = 4) -> Shape:
     cfg = magi_4_5b(distill=True)
     cfg.model = ModelConfig(num_layers=layers, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                            num_query_groups=2, kv_channels=16, in_channels=16, out_channels=16, caption_channels=32)
+                            num_query_groups=2, kv_channels=8, in_channels=16, out_channels=16, caption_channels=32)
+    cfg.validate()
     return Shape(cfg, cw=2, h=8, caption_len=16, caption_valid=6)
 
 
@@ -75,6 +77,20 @@ def forward_call(model: VideoDiT, shape: Shape, device: str, seed: int = 0) -> C
         caption_mask=mask, caption_dropped=torch.zeros(n, dtype=torch.bool, device=device),
         write_kv=[False] * n, distill_dt=32.0)
     return lambda: model(batch, KVAccess(store))
+
+
+def linear_flops(shape: Shape, layers: range | None = None) -> tuple[float, float]:
+    """(FLOPs of the transformer layers' linears [in `layers`], FLOPs of the whole forward), counted as
+    `bench/gpu_forward.py` counts them (attention over the attended ranges only)."""
+    mc, L, n = shape.config.model, shape.tokens_per_chunk, shape.n
+    D, F, Hq, Hkv, hd = mc.hidden_size, mc.ffn_hidden_size, mc.num_attention_heads, mc.num_query_groups, mc.kv_channels
+    S, lc = n * L, shape.caption_valid
+    lin = 2 * S * (D * Hq * hd * 2 + D * Hkv * hd * 2 + 2 * Hq * hd * D + D * F * (2 if mc.gated_linear_unit else 1) + F * D)
+    attn = sum(4 * L * (shape.n_cached + j + 1) * L * Hq * hd for j in range(n)) + 4 * S * lc * Hq * hd
+    other = 2 * n * lc * D * 2 * Hkv * hd  # caption K/V projection (never quantized)
+    head = 2 * S * (mc.in_channels * mc.patch_size**2 * D + D * mc.patch_size**2 * mc.out_channels)
+    n_lin = mc.num_layers if layers is None else len(layers)
+    return n_lin * lin, mc.num_layers * (lin + attn + other) + head
 
 
 def time_it(fn: Callable[[], object], device: str, warmup: int = 2, iters: int = 5) -> list[float]:
