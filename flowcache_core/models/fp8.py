@@ -17,11 +17,11 @@ divided the input. The official layouts use static (calibrated) activation scale
 release's scales as they are; "dynamic" scales each activation row.
 
 Two ways to compute, chosen per call:
-  * fp8: on a GPU with fp8 tensor cores (compute capability >= 8.9), bf16/fp16 activations and in/out features
+  * fp8: on a GPU with fp8 tensor cores (compute capability >= 8.9), bf16 activations (MAGI-1's) and in/out features
     divisible by 16: the activations are quantized (static layouts: exactly MAGI-1's `div_clamp_to`, float32
     division, bf16, e4m3; "dynamic": per-row amax, one rounding) and `torch._scaled_mm` (cuBLASLt) multiplies with
     per-tensor scales ("per_tensor", "per_channel") or row-wise scales ("dynamic"), float32 accumulation.
-  * dequantized: anywhere else (the CPU, a float32 model): the weight is dequantized to the activations' dtype,
+  * dequantized: anywhere else (the CPU, a float32 or fp16 model): the weight is dequantized to the activations' dtype,
     W_eff = weight · (a_scale · w_scale) / divisor, and the activations keep their precision (static layouts: still
     clamped to the range the fp8 cast allows, ±448 · divisor). This equals a plain linear layer holding W_eff.
 
@@ -182,7 +182,7 @@ class Fp8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def uses_fp8(self, x: torch.Tensor) -> bool:
-        return (x.dtype in (torch.bfloat16, torch.float16) and fp8_matmul_available(x.device)
+        return (x.dtype == torch.bfloat16 and fp8_matmul_available(x.device)
                 and self.in_features % 16 == 0 and self.out_features % 16 == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
