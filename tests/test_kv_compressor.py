@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flowcache_core.cache import kv_compressor
 from flowcache_core.cache.kv_compressor import (
-    KVCompressor, compress_clean, redundancy, redundancy_dense, select_queries,
+    KVCompressor, compress_clean, importance_pre_pool_dense, redundancy, redundancy_dense, select_queries,
 )
 from flowcache_core.errors import FlowcacheError
 
@@ -146,15 +147,85 @@ def test_bad_units_raise_one_line():
         KVCompressor("sentence")
 
 
-def test_importance_in_query_blocks_equals_direct(monkeypatch):
-    monkeypatch.setattr(kv_compressor, "_BLOCK_ELEMENTS", 6 * 40 * 100)  # 100 queries per block
-    keys, _ = make_kv(L=40, seed=8)
-    q = torch.randn(2550, 6, 16)
-    direct = torch.stack([
-        (torch.einsum("qcd,ld->cql", q[:, 3 * h:3 * h + 3], keys[:, h]) / 4.0).amax(0).softmax(-1).mean(0)
-        for h in range(2)
-    ])
-    torch.testing.assert_close(kv_compressor.importance_pre_pool(keys, q), direct, rtol=1e-5, atol=1e-7)
+# ------------------------------------------------------------------------------------------- tiled importance
+# Tile budgets: the default (whole key rows, one softmax per query block), a few query rows per tile, and tiles
+# smaller than one key row (keys blocked too: the two-pass log-sum-exp path), down to one key per tile.
+BUDGETS = [None, 6 * 128 * 5, 6 * 40, 6 * 7, 1]
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("size", ["S1", "S2"])
+def test_tiled_importance_equals_dense_on_goldens(kv_unit, size, budget):
+    keys = torch.from_numpy(kv_unit[f"{size}/keys"])
+    queries = torch.from_numpy(kv_unit[f"{size}/queries"])
+    tpf = META["sizes"][size]["tokens_per_frame"]
+    for gran in ("token", "frame", "chunk"):
+        q = select_queries(queries, gran, tpf)
+        dense = importance_pre_pool_dense(keys, q)
+        tiled = kv_compressor.importance_pre_pool(keys, q, block_elements=budget)
+        torch.testing.assert_close(tiled, dense, rtol=0, atol=1e-5 * dense.max().item())
+        run = next(r for r in RUNS if r["key"].startswith(f"{size}/") and r["key"].endswith(f"/token/{gran}"))
+        want = torch.from_numpy(kv_unit[f"{run['key']}/importance_pre_pool"])  # the published scores
+        torch.testing.assert_close(tiled, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", BUDGETS[:4])
+@pytest.mark.parametrize("L,lq,hkv,g,hd,scale", [
+    (96, 37, 2, 3, 16, 1.0),      # odd query count: a partial last block
+    (257, 300, 1, 8, 32, 3.0),    # MQA, peaked logits
+    (128, 64, 4, 1, 8, 1.0),      # no GQA
+    (500, 129, 8, 3, 64, 2.0),    # the 4.5B's GQA ratio (24 / 8)
+    (33, 5, 3, 2, 16, 10.0),      # very peaked: exp over a wide range
+])
+def test_tiled_importance_equals_dense_on_random(L, lq, hkv, g, hd, scale, budget):
+    gen = torch.Generator().manual_seed(L * 1000 + lq)
+    keys = torch.randn(L, hkv, hd, generator=gen) * scale
+    q = torch.randn(lq, hkv * g, hd, generator=gen)
+    dense = importance_pre_pool_dense(keys, q)
+    tiled = kv_compressor.importance_pre_pool(keys, q, block_elements=budget)
+    assert tiled.dtype == torch.float32 and tiled.shape == (hkv, L)
+    torch.testing.assert_close(tiled, dense, rtol=0, atol=1e-5 * dense.max().item())
+    torch.testing.assert_close(tiled.sum(dim=-1), torch.ones(hkv), rtol=0, atol=1e-5)  # a mean of distributions
+
+
+def test_block_shape():
+    assert kv_compressor.block_shape(12150, 24300, 24, 1 << 26) == (115, 24300)  # the 4.5B event: whole rows
+    assert kv_compressor.block_shape(10, 100, 6, 6000) == (10, 100)               # everything in one tile
+    assert kv_compressor.block_shape(10, 100, 6, 599) == (1, 99)                  # a row does not fit: key blocks
+    assert kv_compressor.block_shape(10, 100, 6, 1) == (1, 1)
+
+
+class _Largest(TorchDispatchMode):
+    """Records the largest tensor any op produces while active (the scorer's intermediates)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("L,lq,hkv,hq,hd,budget", [
+    (1200, 2000, 2, 6, 16, 30_000),  # many queries: the dense logits would be 14.4 M elements, the inputs <= 192 k
+    (3000, 100, 1, 24, 8, 600),      # long rows: one query row's logits (72 k) exceed both the budget and the inputs
+])
+def test_scorer_memory_does_not_scale_with_queries_times_keys(monkeypatch, L, lq, hkv, hq, hd, budget):
+    # Every intermediate of a whole selection (importance tiles, softmax, redundancy, pooling, top-k) stays within
+    # the tile budget or the size of the inputs. Fails with dense logits, with whole-row tiles when a row exceeds
+    # the budget, or with any other (queries x keys) tensor.
+    monkeypatch.setattr(kv_compressor, "_BLOCK_ELEMENTS", budget)
+    keys, _ = make_kv(L=L, hkv=hkv, hd=hd, seed=9)
+    q = torch.randn(lq, hq, hd)
+    with _Largest() as seen:
+        sel = KVCompressor("token", "chunk", 0.07).select(keys, q, 16, 400, L // 2)
+    assert seen.numel <= max(budget, q.numel(), keys.numel()), seen.numel
+    assert seen.numel * 50 < hq * lq * L
+    torch.testing.assert_close(sel.scores.importance_pre_pool, importance_pre_pool_dense(keys, q), rtol=0, atol=1e-8)
 
 
 def test_half_precision_keys_score_close_to_float32():

@@ -248,12 +248,12 @@ def test_missing_parts_name_the_expected_path(fresh):
     _one_line(e)
 
 
-def test_fp8_variant_is_refused(tmp_path):
+def test_fp8_variant_is_chosen_with_its_config(tmp_path):
+    # fp8 variants load (tests/test_fp8.py); the built-in config of a quant variant says fp8_quant
     (tmp_path / "ckpt" / "magi" / "4.5B_distill_quant" / "inference_weight.fp8.distill").mkdir(parents=True)
-    with pytest.raises(FlowcacheError) as e:
-        choose_variant(tmp_path / "ckpt", None)
-    msg = _one_line(e)
-    assert "fp8" in msg and "not support" in msg
+    assert choose_variant(tmp_path / "ckpt", None) == "4.5B_distill_quant"
+    cfg = variant_config(tmp_path / "ckpt", "4.5B_distill_quant")
+    assert cfg.engine.fp8_quant and cfg.engine.distill and cfg.model.num_layers == 34
 
 
 def test_cli_generate_on_a_release(release, tmp_path):

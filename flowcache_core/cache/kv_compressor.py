@@ -14,6 +14,9 @@ them in score order), so the compressed store stays in position order.
 Scores match the published `KVCompressor` (mikeallen39/FlowCache, score_weighting_method="no_weight")
 to float rounding; the redundancy divides by L, as the published O(L·D) rewrite does (the mean over
 L−1 other keys would differ only by a constant factor inside the softmax).
+
+Cost: the importance is computed in tiles of query rows (x key columns when a row is too long), never as the
+whole (queries x keys) logits; the redundancy is O(L·D). An event's memory is O(tile + (Lq + L)·D) per layer.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from flowcache_core.errors import FlowcacheError
 
 TOKEN_QUERIES = 50        # "token" query granularity: the newest 50 queries
 POOL_KERNEL = 7
-_BLOCK_ELEMENTS = 1 << 26  # logits held at once while computing the importance (256 MB float32)
+_BLOCK_ELEMENTS = 1 << 26  # logits in one importance tile (all query heads): 128 MB bf16, 256 MB float32
 
 
 # ----------------------------------------------------------------------------- scores
@@ -46,34 +49,75 @@ def select_queries(queries: Tensor, granularity: str, tokens_per_frame: int) -> 
     raise FlowcacheError(f"query_granularity={granularity!r} is not one of token, frame, chunk")
 
 
-def importance_pre_pool(keys: Tensor, queries: Tensor) -> Tensor:
-    """mean over queries of softmax over keys of the group-max logits: (Hkv, L) float32.
+def block_shape(lq: int, L: int, heads: int, budget: int) -> tuple[int, int]:
+    """(query rows, key columns) of one logits tile holding at most max(budget, heads) logits over all `heads`:
+    whole key rows when one fits (queries per tile = budget // (heads·L)), else one query row and key blocks."""
+    if heads * L <= budget:
+        return min(lq, budget // (heads * L)), L
+    return 1, max(1, budget // heads)
 
-    float32 K/V: float32 throughout (the published arithmetic). bf16/fp16 K/V (a bf16 model): the logits
-    come from a half-precision matmul (float32 accumulation, as the model's own attention computes them) and
-    the softmax and the mean are float32; this is what makes an event cheap next to a forward at full scale.
+
+def _group_max(qb: Tensor, k: Tensor, g: int) -> Tensor:
+    """qb (Hkv, b·g, hd) scaled queries, k (Hkv, l, hd) keys -> (Hkv, b, l) max over the g query heads of a group."""
+    s = torch.bmm(qb, k.transpose(1, 2))                                  # (Hkv, b·g, l)
+    return s.view(s.shape[0], -1, g, s.shape[-1]).amax(dim=2)
+
+
+def _row_logsumexp(qb: Tensor, k: Tensor, g: int, bk: int) -> Tensor:
+    """log-sum-exp over all keys of each query row's group-max logits, key block by key block: (Hkv, b) float32."""
+    mx = sm = None
+    for k0 in range(0, k.shape[1], bk):
+        m = _group_max(qb, k[:, k0:k0 + bk], g).float()                   # (Hkv, b, bk)
+        new = m.amax(dim=-1) if mx is None else torch.maximum(mx, m.amax(dim=-1))
+        part = torch.exp(m.sub_(new.unsqueeze(-1))).sum(dim=-1)
+        sm = part if sm is None else sm * torch.exp(mx - new) + part
+        mx = new
+    return mx + torch.log(sm)
+
+
+def importance_pre_pool(keys: Tensor, queries: Tensor, block_elements: int | None = None) -> Tensor:
+    """mean over queries of softmax over keys of the group-max logits: (Hkv, L) float32, in tiles.
+
+    The (queries x keys) logits never exist at once: a tile holds at most `block_elements` logits (query rows x
+    key columns x query heads; default `_BLOCK_ELEMENTS`), so the scorer's memory is O(block + (Lq + L)·D). When
+    a whole key row fits a tile (the usual case), each query block's group-max tile goes through one softmax
+    (the per-query log-sum-exp stays inside that kernel) and its column sums are accumulated: one Q·K pass.
+    Otherwise the keys are blocked too: a first pass keeps each query's running max and sum of exp over the key
+    blocks (its log-sum-exp), a second recomputes the tiles and accumulates the column sums of exp(logit − lse).
+
+    float32 K/V: float32 throughout (the published arithmetic; equal to `importance_pre_pool_dense`). bf16/fp16
+    K/V (a bf16 model): half-precision logits (float32 accumulation inside the matmul, as the model's own
+    attention computes them) and probabilities; softmax statistics and column sums in float32.
     """
     L, hkv, hd = keys.shape
     lq, hq, _ = queries.shape
     if hq % hkv:
         raise ValueError(f"{hq} query heads do not split into {hkv} KV groups")
-    half = keys.dtype in (torch.bfloat16, torch.float16)
-    if half:
-        k = keys.permute(1, 2, 0)                                       # (Hkv, hd, L)
-        q = (queries.to(keys.dtype) * (1.0 / math.sqrt(hd))).reshape(lq, hkv, hq // hkv, hd).permute(1, 2, 0, 3)
-    else:
-        k = keys.float().permute(1, 2, 0)                               # (Hkv, hd, L)
-        q = queries.float().reshape(lq, hkv, hq // hkv, hd).permute(1, 2, 0, 3)  # (Hkv, g, Lq, hd)
-    block = max(1, _BLOCK_ELEMENTS // (hq * L) * (2 if half else 1))   # queries per block
+    g = hq // hkv
+    dt = keys.dtype if keys.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    k = keys.to(dt).transpose(0, 1).contiguous()                          # (Hkv, L, hd)
+    q = (queries.to(dt) * (1.0 / math.sqrt(hd))).view(lq, hkv, g, hd).transpose(0, 1).contiguous()  # (Hkv, Lq, g, hd)
+    bq, bk = block_shape(lq, L, hq, _BLOCK_ELEMENTS if block_elements is None else block_elements)
     total = torch.zeros(hkv, L, device=keys.device)
-    for lo in range(0, lq, block):
-        if half:
-            logits = torch.matmul(q[:, :, lo:lo + block], k.unsqueeze(1))  # (Hkv, g, b, L), already scaled
-            total += torch.softmax(logits.amax(dim=1), dim=-1, dtype=torch.float32).sum(dim=1)
-        else:
-            logits = torch.matmul(q[:, :, lo:lo + block], k.unsqueeze(1)) / math.sqrt(hd)  # (Hkv, g, b, L)
-            total += logits.amax(dim=1).softmax(dim=-1).sum(dim=1)      # (Hkv, L)
+    for lo in range(0, lq, bq):
+        qb = q[:, lo:lo + bq].flatten(1, 2)                               # (Hkv, b·g, hd), a view
+        if bk == L:  # whole rows: one softmax per tile
+            total += torch.softmax(_group_max(qb, k, g), dim=-1).sum(dim=1, dtype=torch.float32)
+            continue
+        lse = _row_logsumexp(qb, k, g, bk).unsqueeze(-1)                  # (Hkv, b, 1)
+        for k0 in range(0, L, bk):
+            m = _group_max(qb, k[:, k0:k0 + bk], g).float()               # (Hkv, b, bk)
+            total[:, k0:k0 + bk] += torch.exp(m.sub_(lse)).sum(dim=1)
     return total / lq
+
+
+def importance_pre_pool_dense(keys: Tensor, queries: Tensor) -> Tensor:
+    """The dense float32 importance (the whole (Hq, Lq, L) logits at once, as the published code): tests only."""
+    L, hkv, hd = keys.shape
+    lq, hq, _ = queries.shape
+    k = keys.float().repeat_interleave(hq // hkv, dim=1)                  # (L, Hq, hd): query head h reads KV h // g
+    logits = torch.einsum("qhd,lhd->hql", queries.float(), k) / math.sqrt(hd)  # (Hq, Lq, L)
+    return logits.view(hkv, hq // hkv, lq, L).amax(dim=1).softmax(dim=-1).mean(dim=1)
 
 
 def importance(keys: Tensor, queries: Tensor, kernel_size: int = POOL_KERNEL) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -77,9 +78,15 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], where:
         raise FlowcacheError(f"{where}: unexpected weight {extra[0]!r} (not part of this model config)")
 
 
-def load_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> torch.nn.Module:
+def load_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike,
+                 check: Callable[[torch.nn.Module, dict[str, torch.Tensor], str], None] | None = None) -> torch.nn.Module:
+    """Strict load, each tensor cast to the model's dtype for it; `check(model, sd, where)` runs after the key and
+    shape check (e.g. dtypes that must not be cast: fp8 weights)."""
     sd = read_state_dict(ckpt_dir)
-    check_state_dict(model, sd, f"checkpoint {str(ckpt_dir)!r}")
+    where = f"checkpoint {str(ckpt_dir)!r}"
+    check_state_dict(model, sd, where)
+    if check is not None:
+        check(model, sd, where)
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.to(dtypes[k]) for k, v in sd.items()}, strict=True)
     return model

@@ -20,6 +20,7 @@ from flowcache_core.errors import FlowcacheError
 from flowcache_core.models.codec import make_codec
 from flowcache_core.models.magi1.config import MagiConfig
 from flowcache_core.models.magi1.dit import DTYPES, build_model
+from flowcache_core.models.magi1.quant import quantize_on_load
 from flowcache_core.models.text import load_text_encoder
 from flowcache_core.models.weights import load_weights
 
@@ -28,12 +29,14 @@ def default_model_dir() -> Path:
 
 
 def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                attn_backend: str = "sdpa", variant: str | None = None) -> Bundle:
-    """A flowcache bundle directory, or an official MAGI-1 release root (ckpt/magi, ckpt/vae, ckpt/t5)."""
+                attn_backend: str = "sdpa", variant: str | None = None, precision: str | None = None) -> Bundle:
+    """A flowcache bundle directory, or an official MAGI-1 release root (ckpt/magi, ckpt/vae, ckpt/t5).
+    precision "fp8": the DiT's linears quantized on load (`quant.quantize_on_load`)."""
     from flowcache_core.models.magi1.release import is_magi_release, load_magi_release
 
     if path is not None and is_magi_release(path):
-        return load_magi_release(path, variant=variant, device=device, dtype=dtype, attn_backend=attn_backend)
+        return load_magi_release(path, variant=variant, device=device, dtype=dtype, attn_backend=attn_backend,
+                                 precision=precision)
     d = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if variant is not None:
         what = f"{str(d)!r} is a flowcache bundle" if path is not None else f"the shipped default model ({str(d)!r}) is a flowcache bundle"
@@ -57,4 +60,6 @@ def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtyp
     model.set_dtype(torch.float32)
     load_weights(model, d)
     model.set_dtype(dtype or (torch.float32 if str(device) == "cpu" else DTYPES[config.model.params_dtype]))
+    if precision == "fp8":
+        quantize_on_load(model)
     return Bundle("magi1", config, model.eval(), codec, text_encoder, d)

@@ -25,6 +25,7 @@ from einops import rearrange
 from flowcache_core.cache.kv import KVAccess
 from flowcache_core.models.magi1.config import ModelConfig
 from flowcache_core.models.attention import attend
+from flowcache_core.models.fp8 import Fp8Linear
 
 DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 
@@ -166,6 +167,19 @@ class LinearQKV(nn.Module):
         self.v = nn.Linear(D, cfg.num_query_groups * hd, bias=False)
 
 
+def _project_out(proj: nn.Module, s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """MAGI-1's output projection of [self | cross] interleaved in 8 head groups (its TP8 layout): s, c (M, Hq·hd)
+    -> (M, D). A plain linear splits its weight into self and cross columns and sums the two products (the second
+    accumulates onto the first in the matmul) rather than interleaving the activations (two copies of them); an fp8
+    layer quantizes its input as one tensor, so it gets the interleaved activations, as in MAGI-1."""
+    M = s.shape[0]
+    if isinstance(proj, Fp8Linear):
+        return proj(torch.stack([s.reshape(M, 8, -1), c.reshape(M, 8, -1)], dim=2).view(M, -1))
+    D = proj.weight.shape[0]
+    w = proj.weight.view(D, 8, 2, -1)  # (D, group, self/cross, Hq*hd/8)
+    return torch.addmm(F.linear(s, w[:, :, 0].reshape(D, -1)), c, w[:, :, 1].reshape(D, -1).t())
+
+
 class SelfAndCrossAttention(nn.Module):
     """Block-causal self-attention and per-chunk cross-attention from one normed input, one output projection."""
 
@@ -240,12 +254,7 @@ class TransformerLayer(nn.Module):
         if ctx.caption_any is not None:  # a chunk without caption tokens gets zero cross-attention output
             cross_out = cross_out * ctx.caption_any
 
-        # The output projection reads [self | cross] interleaved in 8 head groups (MAGI-1's TP8 layout): rather
-        # than interleaving the activations (two copies of them), split its weight into self and cross columns
-        # and sum the two products (the second accumulates onto the first in the matmul).
-        w = sa.linear_proj.weight.view(D, 8, 2, -1)  # (D, group, self/cross, Hq*hd/8)
-        a = F.linear(self_out.reshape(-1, Hq * hd), w[:, :, 0].reshape(D, -1))
-        a = torch.addmm(a, cross_out.reshape(-1, Hq * hd), w[:, :, 1].reshape(D, -1).t()).view(B, n, L, D)
+        a = _project_out(sa.linear_proj, self_out.reshape(-1, Hq * hd), cross_out.reshape(-1, Hq * hd)).view(B, n, L, D)
 
         gate_msa, gate_mlp = ctx.gates[self.layer_number]  # (B, n, 1, D) each, in x's dtype
         x = x + self.self_attn_post_norm(a * gate_msa)
@@ -354,7 +363,8 @@ class VideoDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.videodit_blocks.layers[0].self_attention.linear_qkv.q.weight.dtype
+        """The compute dtype (params dtype), read off a linear no fp8 layout touches."""
+        return self.videodit_blocks.layers[0].self_attention.linear_kv_xattn.weight.dtype
 
     # ---- pieces the sampler and cache policies use ----
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowcache_core.cache.options import check_options, option
+from flowcache_core.cache.options import check_options, check_value, option, option_fields
 from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.models.codec import from_pixels
 from flowcache_core.models.magi1.bundle import load_bundle
 from flowcache_core.models.magi1.checks import check_frame_size, check_output_fits
 from flowcache_core.models.magi1.config import MagiConfig, RuntimeConfig, check_config_section
+from flowcache_core.models.magi1.quant import PRECISIONS
 from flowcache_core.models.magi1.release import choose_variant, is_magi_release, release_ckpt_dir, variant_config
 from flowcache_core.models.magi1.sampling import Magi1Generation, TextCondition
 from flowcache_core.models.magi1.schedule import chunk_layout
@@ -29,6 +30,7 @@ class Magi1Options:
     """Request options only MAGI-1 has."""
 
     cfg_number: int | None = option(None, "1 (one pass) or 3 (MAGI-1 CFG: 3 passes, 2 when every prev-chunk scale is 1). Default: the model's.", kind=int, low=1, optional=True, example=3)
+    precision: str | None = option(None, "DiT linears: bf16 (as released; float32 on the CPU) or fp8 (quantized on load, as the official *_quant releases; fp8 matmuls on GPUs with fp8 tensor cores). Default: the checkpoint's.", kind=str, choices=PRECISIONS, optional=True, example="fp8")
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -55,9 +57,11 @@ class Magi1Family:
         return MagiConfig.from_json(path / "config.json")
 
     def apply(self, config: MagiConfig, config_file: dict | None, source: str, *, spelled: dict[str, str],
-              num_steps=None, num_frames=None, height=None, width=None, seed=None, cfg_number=None) -> MagiConfig:
+              num_steps=None, num_frames=None, height=None, width=None, seed=None, cfg_number=None,
+              precision=None) -> MagiConfig:
         """A config file (MAGI-1 schema) lays its runtime_config over the checkpoint's, key by key; its
-        model_config and engine_config are not used (the weights fix the model). Then the request's options."""
+        model_config and engine_config are not used (the weights fix the model). Then the request's options
+        (precision fp8 sets engine_config.fp8_quant, which `load` reads: a bf16 release is quantized on load)."""
         overlay = (config_file or {}).get("runtime_config")
         if config_file is not None and overlay is None and "flowcache" not in config_file:
             raise FlowcacheError(f"{source} has neither a runtime_config object (MAGI-1 schema) nor flowcache.cache_defaults")
@@ -84,6 +88,12 @@ class Magi1Family:
         def name(option, given, key):
             return spelled.get(option, option) if given is not None else f"runtime_config.{key}"
 
+        check_value(spelled.get("precision", "precision"), precision, option_fields(Magi1Options)["precision"].metadata)
+        if precision == "bf16" and config.engine.fp8_quant:
+            raise FlowcacheError(f"{spelled.get('precision', 'precision')} bf16: this checkpoint holds fp8 weights "
+                                 f"(a *_quant variant); use its bf16 variant")
+        if precision == "fp8":
+            config = dataclasses.replace(config, engine=dataclasses.replace(config.engine, fp8_quant=True))
         check_frame_size(config, names=(name("height", height, "video_size_h"), name("width", width, "video_size_w")))
         check_output_fits(config, name=name("num_frames", num_frames, "num_frames"))
         return config
@@ -116,7 +126,8 @@ class Magi1Family:
                                      f"chunk ({min_frames} frames)")
 
     def load(self, path: Path, config: MagiConfig, *, device: str, attn_backend: str, variant: str | None) -> Bundle:
-        return load_bundle(path, device=device, attn_backend=attn_backend, variant=variant)
+        return load_bundle(path, device=device, attn_backend=attn_backend, variant=variant,
+                           precision="fp8" if config.engine.fp8_quant else None)
 
     def prepare(self, bundle: Bundle, config: MagiConfig, prompt: str, mode: str, image: np.ndarray | None,
                 prefix_video: np.ndarray | None) -> Magi1Generation:

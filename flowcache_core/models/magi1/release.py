@@ -10,7 +10,9 @@ Layout (HF repo sand-ai/MAGI-1; ROOT may be the folder holding `ckpt/` or the `c
     special_tokens.npz                                optional, first found of: ckpt/magi/<variant>/, ckpt/, ROOT,
                                                       ROOT/example/assets/ (where the MAGI-1 code repo keeps it)
 Variants: 4.5B_base, 4.5B_distill, 4.5B_distill_quant, 24B_base, 24B_distill, 24B_distill_quant; default = the only
-one present. The *_quant (fp8) variants are refused: flowcache does not load float8 weights yet.
+one present. The *_quant variants hold fp8 weights in the linears of layers 1..N-2 (layout: quant.py); they load into
+`Fp8Linear`s, which run fp8 matmuls on a GPU with fp8 tensor cores and dequantize elsewhere. `precision="fp8"`
+quantizes a bf16 variant's same linears on load (per-row scales).
 
 Config: `ckpt/magi/<variant>/config.json` when present (MAGI-1 schema: model_config/runtime_config/engine_config;
 its paths `load`, `t5_pretrained`, `vae_pretrained` are ignored, the layout above is used), else flowcache's built-in
@@ -31,7 +33,8 @@ import torch
 from flowcache_core.engine.family import Bundle
 from flowcache_core.models.magi1.config import MagiConfig, magi_4_5b, magi_24b
 from flowcache_core.errors import FlowcacheError
-from flowcache_core.models.magi1.dit import DTYPES, build_model
+from flowcache_core.models.magi1.dit import DTYPES, VideoDiT, build_model
+from flowcache_core.models.magi1.quant import PRECISIONS, check_fp8_state_dict, quantize_on_load, use_official_fp8_layout
 from flowcache_core.models.magi1.t5 import SpecialTokens, T5TextEncoder, find_special_tokens
 from flowcache_core.models.magi1.vae import VAE_CONFIG_NAME, MagiVAECodec, load_vit_vae, read_vae_config
 from flowcache_core.models.weights import load_weights
@@ -68,9 +71,6 @@ def choose_variant(ckpt: Path, variant: str | None) -> str:
     if variant not in present:
         what = "is not a MAGI-1 variant" if variant not in VARIANTS else "is not present"
         raise FlowcacheError(f"variant {variant!r} {what}; present in {str(ckpt / 'magi')!r}: {', '.join(present)}")
-    if variant.endswith("_quant"):
-        raise FlowcacheError(f"variant {variant!r} holds fp8 weights, which flowcache does not support yet; "
-                             f"use {variant[: -len('_quant')]!r} (bf16) instead")
     return variant
 
 
@@ -82,17 +82,19 @@ def weight_dir(ckpt: Path, variant: str) -> Path:
 
 def variant_config(ckpt: Path, variant: str) -> MagiConfig:
     """The variant's own config.json if present, else the built-in MAGI-1 config of its size and kind."""
-    distill = "distill" in variant
+    distill, quant = "distill" in variant, variant.endswith("_quant")
     path = ckpt / "magi" / variant / "config.json"
     if path.is_file():
         cfg = MagiConfig.from_json(path)
         if cfg.engine.distill != distill:
             raise FlowcacheError(f"{str(path)!r}: engine_config.distill is {cfg.engine.distill}, "
                                  f"but variant {variant!r} is a {'distill' if distill else 'base'} variant")
-        if cfg.engine.fp8_quant:
-            raise FlowcacheError(f"{str(path)!r}: engine_config.fp8_quant is true; fp8 weights are not supported yet")
+        if cfg.engine.fp8_quant != quant:
+            raise FlowcacheError(f"{str(path)!r}: engine_config.fp8_quant is {str(cfg.engine.fp8_quant).lower()}, "
+                                 f"but variant {variant!r} {'holds' if quant else 'does not hold'} fp8 weights")
     else:
         cfg = (magi_4_5b if variant.startswith("4.5B") else magi_24b)(distill)
+        cfg.engine.fp8_quant = quant
     return cfg.validate()
 
 
@@ -102,10 +104,28 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def load_dit(config: MagiConfig, wdir: Path, *, device: str, dtype: torch.dtype, attn_backend: str = "sdpa",
+             quant: bool = False, quantize: bool = False) -> VideoDiT:
+    """The DiT of a release: built on meta, materialized in `dtype` (norms/embedders float32), loaded strictly (cast
+    per tensor). quant: the official fp8 layout (its fp8 weights and float32 scales keep their dtypes, checked);
+    quantize: a bf16 release's same linears quantized after loading."""
+    model = build_model(config.model, device="meta", attn_backend=attn_backend)
+    if quant:
+        use_official_fp8_layout(model)
+    model = model.to_empty(device=device)
+    model.set_dtype(dtype)
+    load_weights(model, wdir, check=check_fp8_state_dict if quant else None)
+    if quantize:
+        quantize_on_load(model)
+    return model.eval()
+
+
 def load_magi_release(root: str | os.PathLike, variant: str | None = None, device: str = "cpu",
                       dtype: torch.dtype | None = None, t5_device: str = "cpu", vae_dtype: torch.dtype | None = None,
-                      attn_backend: str = "sdpa") -> Bundle:
-    """A Bundle (config, DiT, ViT VAE codec, T5 encoder) from an official MAGI-1 release directory."""
+                      attn_backend: str = "sdpa", precision: str | None = None) -> Bundle:
+    """A Bundle (config, DiT, ViT VAE codec, T5 encoder) from an official MAGI-1 release directory.
+    `precision`: None (the variant's own: fp8 for *_quant, else the params dtype), "bf16" (the same, said aloud;
+    refused for *_quant) or "fp8" (a bf16 variant's linears quantized on load)."""
     r = Path(root)
     if not r.is_dir():
         raise FlowcacheError(f"checkpoint directory {str(r)!r} does not exist")
@@ -113,6 +133,12 @@ def load_magi_release(root: str | os.PathLike, variant: str | None = None, devic
     if ckpt is None:
         raise FlowcacheError(f"{str(r)!r} is not a MAGI-1 release: expected {str(r / 'ckpt' / 'magi')!r}")
     variant = choose_variant(ckpt, variant)
+    quant = variant.endswith("_quant")
+    if precision not in (None, *PRECISIONS):
+        raise FlowcacheError(f"precision {precision!r} unknown (allowed: {', '.join(PRECISIONS)})")
+    if quant and precision == "bf16":
+        raise FlowcacheError(f"variant {variant!r} holds fp8 weights; precision bf16 needs a bf16 variant "
+                             f"({variant[: -len('_quant')]!r})")
     # Check every part's path before loading anything heavy.
     wdir = _require(weight_dir(ckpt, variant), f"{variant} DiT weights")
     vae_dir = _require(ckpt / "vae", "VAE directory")
@@ -122,12 +148,8 @@ def load_magi_release(root: str | os.PathLike, variant: str | None = None, devic
     config = variant_config(ckpt, variant)
     on_cuda = str(device).startswith("cuda")
 
-    # DiT: build on meta, materialize in the run dtype (norms/embedders float32), load strictly (cast per tensor).
-    model = build_model(config.model, device="meta", attn_backend=attn_backend)
-    model = model.to_empty(device=device)
-    model.set_dtype(dtype or (DTYPES[config.model.params_dtype] if on_cuda else torch.float32))
-    load_weights(model, wdir)
-    model.eval()
+    model = load_dit(config, wdir, device=device, dtype=dtype or (DTYPES[config.model.params_dtype] if on_cuda else torch.float32),
+                     attn_backend=attn_backend, quant=quant, quantize=precision == "fp8" and not quant)
 
     codec = MagiVAECodec(vae=load_vit_vae(vae_dir), device=device,
                          dtype=vae_dtype or (torch.bfloat16 if on_cuda else torch.float32),
@@ -143,5 +165,6 @@ def load_magi_release(root: str | os.PathLike, variant: str | None = None, devic
     if text.dim != config.model.caption_channels:
         raise FlowcacheError(f"T5 {str(t5_dir)!r} has d_model {text.dim}, the DiT's caption_channels is {config.model.caption_channels}")
     config.extra.setdefault("flowcache", {})
-    config.extra["flowcache"].update({"release": {"variant": variant, "special_tokens": None if tokens_path is None else str(tokens_path)}})
+    config.extra["flowcache"].update({"release": {"variant": variant, "special_tokens": None if tokens_path is None else str(tokens_path),
+                                                  "precision": "fp8" if quant or precision == "fp8" else "bf16"}})
     return Bundle("magi1", config, model, codec, text, r)
