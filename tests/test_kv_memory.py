@@ -245,3 +245,28 @@ def test_cli_json_log_reports_bytes_and_the_byte_budget(tiny_bundle_dir, tmp_pat
     assert all(k["budget"] == 5 * TPC + 128 and k["used"] <= k["budget"] for k in kv)  # 5.5 chunks in whole frames
     assert "KV memory" in r.stdout and "peak held by the KV store" in r.stdout and "stored as int8" in r.stdout
     assert "/" in r.stderr and "KiB, " in r.stderr  # the live line: `KV 190.0/212.5 KiB, 89% (1.2k/1.4k tokens)`
+
+
+# ----------------------------------------------------------------------------- the bench's smoke mode
+@pytest.mark.slow  # the shipped model, three short runs: about 9 s
+def test_bench_kv_memory_tiny(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.kv_memory import main, parse_setting
+
+    assert parse_setting("sink_window+int8@3MiB").cache() == CacheConfig("none", kv_quant="int8", kv_policy="sink_window",
+                                                                         kv_budget="3MiB")
+    assert parse_setting("int8").cache() == CacheConfig("none", kv_quant="int8")
+    for bad in ("lru@3MiB", "flowcache", "@3MiB", "flowcache@3XB", "int8+flowcache@1MiB"):
+        with pytest.raises(FlowcacheError):
+            parse_setting(bad)
+    out = tmp_path / "kv.json"
+    assert main(["--tiny", "--no-lpips", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["reference"]["compressions"] == 0 and len(report["settings"]) == 2
+    for row in report["settings"]:
+        assert row["compressions"] >= 1 and row["max_kv_tokens"] <= row["budget_tokens"]
+        assert len(row["psnr_per_chunk"]) == 6 and row["psnr_per_chunk"][0] == "inf"  # chunks before any compression
+        assert row["kv_peak_bytes"] < report["reference"]["kv_peak_bytes"] and row["lpips"] is None
