@@ -9,7 +9,7 @@ this module is the one place that draws them.
 
 The live line of a forward reads `fwd 12/56  c3 ■ .011  c4 □ .004  c5 ■  KV 61k/73k tokens, 83%, 3.1 GiB`:
 ■ computed, □ reused, the number after it the chunk's accumulated distance (acc) after the decision; with a
-budget in bytes the KV part reads `KV 3.1/8.0 GiB, 39% (61k/150k tokens)`.
+budget in bytes the KV part reads `KV 3.1 GiB/8.0 GiB, 39% (61k/150k tokens)`.
 On a console that is not a terminal (a log file, a CI job) nothing is animated: each forward's line is
 printed as plain text instead, so the log keeps every decision.
 """
@@ -45,7 +45,7 @@ def fmt_tokens(n: int) -> str:
 
 def kv_text(used: int, budget: int | None, nbytes: int | None = None, budget_bytes: int | None = None) -> str:
     """`KV 61k/73k tokens, 83%` with a budget, else `KV 12k tokens`; then `, 3.1 GiB` held when known. With a
-    byte budget: `KV 3.1/8.0 GiB, 39% (61k/150k tokens)`."""
+    byte budget: `KV 3.1 GiB/8.0 GiB, 39% (61k/150k tokens)`."""
     if budget_bytes and nbytes is not None:
         return (f"KV {fmt_bytes(nbytes)}/{fmt_bytes(budget_bytes)}, {100 * nbytes / budget_bytes:.0f}% "
                 f"({fmt_tokens(used)}/{fmt_tokens(budget or 0)} tokens)")

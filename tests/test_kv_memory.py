@@ -136,6 +136,14 @@ def test_sink_window_on_a_store_keeps_the_first_chunk_across_compressions(bundle
     assert not store.wants_queries  # it scores nothing, so forwards are not asked for queries
 
 
+def test_live_line_with_bytes():
+    from flowcache_cli.progress import kv_text
+
+    assert kv_text(2816, 2816, 2_726_297, 3 << 20) == "KV 2.6 MiB/3.0 MiB, 87% (2.8k/2.8k tokens)"
+    assert kv_text(1024, 1280, 512 << 10) == "KV 1.0k/1.3k tokens, 80%, 512.0 KiB"
+    assert kv_text(1024, None, 512 << 10) == "KV 1.0k tokens, 512.0 KiB"
+
+
 def test_policies_are_registered_by_name_and_get_flags():
     from flowcache_core.cache.settings import all_options
 
@@ -244,7 +252,7 @@ def test_cli_json_log_reports_bytes_and_the_byte_budget(tiny_bundle_dir, tmp_pat
     assert all(k["budget_bytes"] == budget and 0 < k["bytes"] <= budget for k in kv)
     assert all(k["budget"] == 5 * TPC + 128 and k["used"] <= k["budget"] for k in kv)  # 5.5 chunks in whole frames
     assert "KV memory" in r.stdout and "peak held by the KV store" in r.stdout and "stored as int8" in r.stdout
-    assert "/" in r.stderr and "KiB, " in r.stderr  # the live line: `KV 190.0/212.5 KiB, 89% (1.2k/1.4k tokens)`
+    assert "/" in r.stderr and "KiB, " in r.stderr  # the live line: `KV 190.0 KiB/212.5 KiB, 89% (1.2k/1.4k tokens)`
 
 
 # ----------------------------------------------------------------------------- the bench's smoke mode
