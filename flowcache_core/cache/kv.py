@@ -54,7 +54,7 @@ def _owned(x: torch.Tensor) -> torch.Tensor:
 
 
 class BudgetExceeded(RuntimeError):
-    """The store was asked to hold more tokens than its budget (a bug: compression must run first)."""
+    """The store was asked to hold more tokens or bytes than its budget (a bug: compression must run first)."""
 
 
 class KVStore:
