@@ -7,8 +7,9 @@ this module is the one place that draws them.
         result = generate(..., on_event=view)      # view(event) for each event
     console.print(summary_table(result.record, cache_config))
 
-The live line of a forward reads `fwd 12/56  c3 ■ .011  c4 □ .004  c5 ■  KV 61k/73k tokens, 83%`:
-■ computed, □ reused, the number after it the chunk's accumulated distance (acc) after the decision.
+The live line of a forward reads `fwd 12/56  c3 ■ .011  c4 □ .004  c5 ■  KV 61k/73k tokens, 83%, 3.1 GiB`:
+■ computed, □ reused, the number after it the chunk's accumulated distance (acc) after the decision; with a
+budget in bytes the KV part reads `KV 3.1 GiB/8.0 GiB, 39% (61k/150k tokens)`.
 On a console that is not a terminal (a log file, a CI job) nothing is animated: each forward's line is
 printed as plain text instead, so the log keeps every decision.
 """
@@ -23,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from flowcache_core.cache.kv_memory import fmt_bytes
 from flowcache_core.cache.settings import ResolvedCache
 from flowcache_core.engine.events import ChunkEmitted, ForwardEvent, RunRecord
 
@@ -41,19 +43,16 @@ def fmt_tokens(n: int) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
-def kv_text(used: int, budget: int | None) -> str:
-    """`KV 61k/73k tokens, 83%` with a budget, else `KV 12k tokens`."""
+def kv_text(used: int, budget: int | None, nbytes: int | None = None, budget_bytes: int | None = None) -> str:
+    """`KV 61k/73k tokens, 83%` with a budget, else `KV 12k tokens`; then `, 3.1 GiB` held when known. With a
+    byte budget: `KV 3.1 GiB/8.0 GiB, 39% (61k/150k tokens)`."""
+    if budget_bytes and nbytes is not None:
+        return (f"KV {fmt_bytes(nbytes)}/{fmt_bytes(budget_bytes)}, {100 * nbytes / budget_bytes:.0f}% "
+                f"({fmt_tokens(used)}/{fmt_tokens(budget or 0)} tokens)")
+    held = f", {fmt_bytes(nbytes)}" if nbytes is not None else ""
     if budget:
-        return f"KV {fmt_tokens(used)}/{fmt_tokens(budget)} tokens, {100 * used / budget:.0f}%"
-    return f"KV {fmt_tokens(used)} tokens"
+        return f"KV {fmt_tokens(used)}/{fmt_tokens(budget)} tokens, {100 * used / budget:.0f}%{held}"
+    return f"KV {fmt_tokens(used)} tokens{held}"
 
 
 def forward_line(event: ForwardEvent) -> Text:
@@ -66,7 +65,7 @@ def forward_line(event: ForwardEvent) -> Text:
         line.append(COMPUTED if computed else REUSED, style="green" if computed else "yellow")
         if c.acc is not None:
             line.append(f" {c.acc:.3f}".replace(" 0.", " ."), style="dim")
-    line.append(f"   {kv_text(event.kv_used, event.kv_budget)}", style="cyan")
+    line.append(f"   {kv_text(event.kv_used, event.kv_budget, event.kv_bytes, event.kv_budget_bytes)}", style="cyan")
     return line
 
 
@@ -134,6 +133,14 @@ def peak_memory(record: RunRecord) -> tuple[int, str]:
     return rss * (1 if sys.platform == "darwin" else 1024), "process peak RSS"  # Linux reports KiB
 
 
+def kv_memory_text(record: RunRecord, cache: ResolvedCache) -> str:
+    """`1.2 MiB peak held by the KV store (budget 8.0 MiB, int8)`."""
+    m = cache.memory
+    notes = [f"budget {fmt_bytes(m.budget_bytes)}"] if m.kv_budget is not None else []
+    notes += [f"stored as {m.kv_quant}"] if m.kv_quant != "none" else []
+    return f"{fmt_bytes(record.kv_peak_bytes)} peak held by the KV store" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def summary_table(record: RunRecord, cache: ResolvedCache, reference_forwards: int | None = None,
                   wall_seconds: float | None = None) -> Table:
     """Per chunk computed/skipped forwards, totals, time, peak memory, speedup in chunk-forwards vs `none`.
@@ -165,8 +172,9 @@ def summary_table(record: RunRecord, cache: ResolvedCache, reference_forwards: i
         ("forwards", f"{record.forwards} ({fmt_tokens(record.tokens_forwarded)} tokens through the DiT)"),
         ("sampling", f"{record.seconds:.2f} s"),
         *([("wall time", f"{wall_seconds:.2f} s (load, sample, decode, write)")] if wall_seconds is not None else []),
-        *([("KV compressions", str(record.compressions))] if cache.kv.enabled else []),
+        *([("KV compressions", str(record.compressions))] if cache.budget_on else []),
         ("peak memory", f"{fmt_bytes(mem)} ({what})"),
+        ("KV memory", kv_memory_text(record, cache)),
         ("speedup", f"{speedup:.2f}x in chunk-forwards vs none ({ref}/{computed})"),
     ]:  # fmt: skip
         stats.add_row(label, value)

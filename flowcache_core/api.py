@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from flowcache_core.cache.kv import KVStore
+from flowcache_core.cache.kv_memory import tokens_for_bytes
 from flowcache_core.checks import check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
 from flowcache_core.engine.events import RunRecord, UnknownWords
@@ -139,14 +140,34 @@ def load(request: Request) -> Bundle:
                                attn_backend=request.attn_backend, variant=request.variant)
 
 
-def make_store(cache: ResolvedCache, gen: Generation) -> KVStore:
-    """The KV store a run uses: unbounded, or B_total chunk-equivalents per layer with the KV compressor."""
-    layers = gen.kv_layers
-    if not cache.kv.enabled:
-        return KVStore(layers)
-    tpc = gen.tokens_per_chunk
-    return KVStore(layers, budget_tokens=cache.kv.total_cache_chunk_nums * tpc, compressor=cache.kv.compressor(),
-                   tokens_per_chunk=tpc, tokens_per_frame=gen.tokens_per_frame)
+def make_store(cache: ResolvedCache, gen: Generation, window_size: int | None = None) -> KVStore:
+    """The KV store a run uses, in the format `kv_quant` names: unbounded, or within a budget with the KV policy.
+
+    A budget in chunks is B_total chunk-equivalents of tokens per layer. A budget in bytes becomes tokens per layer
+    from what one token's K and V cost in every layer (the generation's `kv_heads`, `kv_head_dim`, `kv_dtype` and
+    the format), after room for the per-pass window copies (`kv_copy_tokens`, 0 if the family keeps none); it must
+    hold `window_size` + 1 chunks. The store checks the bytes too."""
+    layers, quant = gen.kv_layers, cache.make_kv_quant()
+    if not cache.budget_on:
+        return KVStore(layers, quant=quant)
+    tpc, tpf, policy = gen.tokens_per_chunk, gen.tokens_per_frame, cache.make_kv_policy()
+    budget_bytes = cache.memory.budget_bytes
+    if budget_bytes is None:
+        b = cache.kv.total_cache_chunk_nums
+        tokens, label = b * tpc, f"total_cache_chunk_nums={b}"
+    else:
+        label = f"kv_budget={cache.memory.kv_budget!r}"
+        try:
+            layout = (gen.kv_heads, gen.kv_head_dim, gen.kv_dtype)
+        except AttributeError:
+            raise FlowcacheError(f"{label}: this model family does not report its K/V layout (kv_heads, kv_head_dim, "
+                                 "kv_dtype); give the budget in chunks (total_cache_chunk_nums)") from None
+        tokens = tokens_for_bytes(
+            budget_bytes, repr(cache.memory.kv_budget), layers=layers, token_bytes=2 * quant.bytes_per_token(*layout),
+            copy_tokens=getattr(gen, "kv_copy_tokens", 0), unit=policy.unit(tpf, tpc), tokens_per_chunk=tpc,
+            window_size=window_size)
+    return KVStore(layers, budget_tokens=tokens, policy=policy, quant=quant, tokens_per_chunk=tpc,
+                   tokens_per_frame=tpf, budget_bytes=budget_bytes, budget_label=label)
 
 
 def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video: np.ndarray | None = None,
@@ -163,7 +184,7 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
     request.family.check_inputs(request.config, request.mode, image, prefix_video)
     b = bundle if bundle is not None else load(request)
     gen = request.family.prepare(b, request.config, request.prompt, request.mode, image, prefix_video)
-    store = make_store(request.cache, gen)
+    store = make_store(request.cache, gen, request.family.window_size(request.config))
     events: list = []
 
     def emit(e: object) -> None:

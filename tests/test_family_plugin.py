@@ -49,6 +49,27 @@ def test_toy_family_with_a_kv_budget(toy_dir, tmp_path):
     assert capped.frames.shape == free.frames.shape
 
 
+@pytest.mark.parametrize("kv_policy", ["flowcache", "sink_window"])
+@pytest.mark.parametrize("kv_quant", ["none", "int8"])
+def test_toy_family_with_a_byte_budget(toy_dir, monkeypatch, kv_policy, kv_quant):
+    """The KV memory manager is family-agnostic: a byte budget, either KV policy, int8, on the toy family's store."""
+    import flowcache_core.api as api
+    from flowcache_core.cache.settings import CacheConfig
+    from toy_family.config import ToyConfig
+
+    stores = []
+    make_store = api.make_store
+    monkeypatch.setattr(api, "make_store", lambda *a, **k: stores.append(make_store(*a, **k)) or stores[-1])
+    tpc, dim = 2 * 8 * 8, ToyConfig().dim
+    per_token = 2 * (dim * 4 if kv_quant == "none" else dim + 2)  # K and V of one head, one layer
+    budget = int(3.5 * tpc * per_token)
+    r = api.generate("x", checkpoint_dir=toy_dir, num_frames=16,
+                     cache=CacheConfig(kv_budget=budget, kv_policy=kv_policy, kv_quant=kv_quant))
+    s = stores[0]
+    assert s.budget_tokens == 3 * tpc + 64 and r.record.compressions > 0  # 3.5 chunks: token or whole-frame units
+    assert max(r.record.kv_tokens) <= s.budget_tokens and s.peak_bytes <= budget and s.nbytes() == s.count_bytes()
+
+
 def test_a_folder_naming_an_unknown_family_is_one_line(tmp_path):
     from flowcache_cli.main import make_app
 

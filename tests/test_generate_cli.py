@@ -84,7 +84,8 @@ def test_json_log_one_object_per_forward_with_spec_schema(t2v):
     assert len(rows) == result.stderr.count("fwd ")  # one object per (denoising) forward
     for r in rows:
         assert set(r) == SCHEMA_KEYS
-        assert set(r["kv"]) == {"used", "budget"}
+        assert set(r["kv"]) == {"used", "budget", "bytes", "budget_bytes"}
+        assert r["kv"]["bytes"] > 0 and r["kv"]["budget_bytes"] is None  # no byte budget
         assert r["chunks"]
         for c in r["chunks"]:
             assert set(c) == CHUNK_KEYS

@@ -8,24 +8,53 @@ is attended at the K/V of its last computed step, because its slot is only rewri
 
 `KVAccess` is what one forward of the model is handed: the store, which contexts to read (in order) and
 which to write.
+
+Memory: the store keeps its own compact copy of what it is handed (not a view that would keep a whole forward's
+K/V alive), in the format of its `quant` (cache/kv_quant.py: as computed, or int8 decoded when read), and counts
+the bytes it holds (`nbytes`, `peak_bytes`). With a budget, every write checks the main context's tokens against
+`budget_tokens` and, with a byte budget, everything held against `budget_bytes`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from flowcache_core.cache.kv_compressor import CompressedKV, KVCompressor, compress_clean
+from flowcache_core.cache.kv_compressor import KVCompressor, gather_per_head
+from flowcache_core.cache.kv_flowcache import FlowcacheKV
+from flowcache_core.cache.kv_policy import KVPolicy
+from flowcache_core.cache.kv_quant import KVQuant, NoQuant
 
 
 @dataclass
 class KVSlot:
-    k: torch.Tensor  # (L, Hkv, hd)
-    v: torch.Tensor  # (L, Hkv, hd)
+    k: Any  # (L, Hkv, hd) as stored: a tensor, or the quant format's object (int8 codes + scales)
+    v: Any
+
+
+@dataclass
+class KVBlock:
+    """The compressed clean tokens of one layer, per KV head in position order.
+
+    keys/values: (keep, Hkv, hd) as stored. positions/origin_chunk: (keep, Hkv) int64, each kept token's index in
+    the video (its RoPE position is unchanged) and the chunk it came from."""
+
+    keys: Any
+    values: Any
+    positions: torch.Tensor
+    origin_chunk: torch.Tensor
+
+
+def _owned(x: torch.Tensor) -> torch.Tensor:
+    """x itself if it owns exactly its storage, else a compact copy (a stored view would pin the whole forward)."""
+    if x.is_contiguous() and x.untyped_storage().nbytes() == x.numel() * x.element_size():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 class BudgetExceeded(RuntimeError):
-    """The store was asked to hold more tokens than its budget (a bug: compression must run first)."""
+    """The store was asked to hold more tokens or bytes than its budget (a bug: compression must run first)."""
 
 
 class KVStore:
@@ -34,35 +63,68 @@ class KVStore:
     With a budget (B_total chunk-equivalents per layer, counting every slot of the "cond" context), clean
     chunks are merged into one compressed block per layer when a new chunk needs room; the block keeps, per
     KV head, the tokens the compressor selects, in position order, with each token's chunk and position.
-    A chunk then attends to the whole compressed block (the kv range limits the uncompressed chunks only).
+    A chunk then attends to the whole compressed block (the kv range limits the uncompressed chunks only). The
+    KV policy (cache/kv_policy.py) picks the kept tokens; `compressor` is the older spelling of the `flowcache` one.
+    budget_bytes: a byte budget the store also checks on every write (`budget_tokens` is its conversion);
+    budget_label: how errors name the budget (e.g. "total_cache_chunk_nums=6").
     """
 
     MAIN = "cond"  # the context the store-writing pass writes and the budget counts; others are per-pass copies
 
     def __init__(self, num_layers: int, budget_tokens: int | None = None, compressor: KVCompressor | None = None,
-                 tokens_per_chunk: int = 0, tokens_per_frame: int = 0):
+                 tokens_per_chunk: int = 0, tokens_per_frame: int = 0, *, policy: KVPolicy | None = None,
+                 quant: KVQuant | None = None, budget_bytes: int | None = None, budget_label: str | None = None):
         self.num_layers = num_layers
         self._slots: list[dict[tuple[str, int], KVSlot]] = [dict() for _ in range(num_layers)]
         self.budget_tokens = budget_tokens
-        self.compressor = compressor
+        self.budget_bytes = budget_bytes
+        self.budget_label = budget_label or (f"KV budget of {budget_tokens} tokens" if budget_tokens else None)
+        if policy is None and compressor is not None:
+            policy = FlowcacheKV.from_compressor(compressor)
+        self.policy = policy
+        self.quant = quant if quant is not None else NoQuant()
         self.tokens_per_chunk, self.tokens_per_frame = tokens_per_chunk, tokens_per_frame
-        self._compressed: list[CompressedKV | None] = [None] * num_layers
+        self._compressed: list[KVBlock | None] = [None] * num_layers
         self.compressed_chunks: set[int] = set()
         self.compressions = 0
         self.compression_log: list[tuple[int, int]] = []  # per event, layer 0: (clean tokens in, tokens kept)
+        self._bytes = 0  # K/V bytes held now (every layer and context, the compressed blocks included)
+        self.peak_bytes = 0
+
+    @property
+    def wants_queries(self) -> bool:
+        """Whether a forward should hand back the newest chunk's queries (a budget whose policy scores with them)."""
+        return self.budget_tokens is not None and self.policy is not None and self.policy.needs_queries
+
+    def _size(self, kv: KVSlot | KVBlock | None) -> int:
+        if kv is None:
+            return 0
+        if isinstance(kv, KVBlock):
+            return self.quant.nbytes(kv.keys) + self.quant.nbytes(kv.values)
+        return self.quant.nbytes(kv.k) + self.quant.nbytes(kv.v)
 
     def write(self, layer: int, ctx: str, chunk_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
         slots = self._slots[layer]
-        old = slots.get((ctx, chunk_id))
-        slots[(ctx, chunk_id)] = KVSlot(k, v)
-        if self.budget_tokens is not None and ctx == "cond":
-            used = self.tokens("cond", layer)
+        key = (ctx, chunk_id)
+        old = slots.get(key)
+        new = KVSlot(self.quant.encode(_owned(k)), self.quant.encode(_owned(v)))
+        slots[key] = new
+        self._bytes += self._size(new) - self._size(old)
+        over = None
+        if self.budget_tokens is not None and ctx == self.MAIN:
+            used = self.tokens(self.MAIN, layer)
             if used > self.budget_tokens:
-                if old is None:
-                    del slots[(ctx, chunk_id)]
-                else:
-                    slots[(ctx, chunk_id)] = old
-                raise BudgetExceeded(f"layer {layer}: {used} tokens > budget {self.budget_tokens}")
+                over = f"layer {layer}: {used} tokens > budget {self.budget_tokens}"
+        if over is None and self.budget_bytes is not None and self._bytes > self.budget_bytes:
+            over = f"layer {layer}, chunk {chunk_id} ({ctx}): {self._bytes} bytes held > budget {self.budget_bytes}"
+        if over is not None:
+            self._bytes -= self._size(new) - self._size(old)
+            if old is None:
+                del slots[key]
+            else:
+                slots[key] = old
+            raise BudgetExceeded(over)
+        self.peak_bytes = max(self.peak_bytes, self._bytes)
 
     def has(self, ctx: str, chunk_id: int) -> bool:
         return (ctx, chunk_id) in self._slots[0]
@@ -72,37 +134,41 @@ class KVStore:
         ks, vs = [], []
         slots = self._slots[layer]
         block = self._compressed[layer]
+        decode = self.quant.decode  # just before attention: int8 back to the dtype it was written in
         if block is not None and any(c in self.compressed_chunks for c in chunk_ids):
-            ks.append(block.keys)
-            vs.append(block.values)
+            ks.append(decode(block.keys))
+            vs.append(decode(block.values))
         for c in chunk_ids:
             if c in self.compressed_chunks:
                 continue
             for ctx in ctxs:
                 s = slots.get((ctx, c))
                 if s is not None:
-                    ks.append(s.k)
-                    vs.append(s.v)
+                    ks.append(decode(s.k))
+                    vs.append(decode(s.v))
                     break
             else:
                 raise KeyError(f"no K/V stored for chunk {c} in contexts {ctxs} (layer {layer})")
         return ks, vs
 
+    def _remove(self, slots: dict, key: tuple[str, int]) -> None:
+        self._bytes -= self._size(slots.pop(key, None))
+
     def drop(self, ctx: str, chunk_id: int) -> None:
         for slots in self._slots:
-            slots.pop((ctx, chunk_id), None)
+            self._remove(slots, (ctx, chunk_id))
 
     def release_window_copies(self, chunk_id: int, keep: tuple[str, ...] = ()) -> None:
         """The chunk is clean: the per-pass copies of its window K/V (contexts other than MAIN and `keep`) can go."""
         for slots in self._slots:
             for key in [k for k in slots if k[1] == chunk_id and k[0] != self.MAIN and k[0] not in keep]:
-                del slots[key]
+                self._remove(slots, key)
 
     def evict_before(self, chunk_id: int) -> None:
         """Forget the uncompressed K/V of chunks < chunk_id: no later chunk's kv range reaches them."""
         for slots in self._slots:
             for key in [k for k in slots if k[1] < chunk_id]:
-                del slots[key]
+                self._remove(slots, key)
 
     def chunks(self, ctx: str) -> list[int]:
         return sorted(c for (x, c) in self._slots[0] if x == ctx)
@@ -116,8 +182,13 @@ class KVStore:
         return n
 
     def nbytes(self) -> int:
-        n = sum(s.k.numel() * s.k.element_size() * 2 for slots in self._slots for s in slots.values())
-        return n + sum(b.keys.numel() * b.keys.element_size() * 2 for b in self._compressed if b is not None)
+        """K/V bytes held now: every layer and context, the compressed blocks included, in the stored format."""
+        return self._bytes
+
+    def count_bytes(self) -> int:
+        """`nbytes` recounted from the slots (tests)."""
+        return (sum(self._size(s) for slots in self._slots for s in slots.values())
+                + sum(self._size(b) for b in self._compressed))
 
     # ---- budget ----
     def needs_room(self, incoming_tokens: int) -> bool:
@@ -143,19 +214,22 @@ class KVStore:
             raise BudgetExceeded(
                 f"{used + incoming_tokens} tokens needed, budget {self.budget_tokens}, only {clean_tokens} compressible")
         for layer in range(self.num_layers):
+            old = self._compressed[layer]
             self._compress_layer(layer, movable, keep, queries.get(layer))
+            self._bytes += self._size(self._compressed[layer]) - self._size(old)
         self.compressed_chunks.update(movable)
         for c in movable:
             self.drop("cond", c)
+        self.peak_bytes = max(self.peak_bytes, self._bytes)
         self.compressions += 1
         kept = self._compressed[0].keys.shape[0] if self._compressed[0] is not None else 0
         self.compression_log.append((clean_tokens, kept))
         return True
 
     def _compress_layer(self, layer: int, movable: list[int], keep: int, queries: torch.Tensor | None) -> None:
+        """Merge the movable chunks into the layer's block and keep `keep` tokens per KV head (the KV policy's)."""
         parts_k, parts_v, pos, origin = [], [], [], []
         block = self._compressed[layer]
-        hkv = None
         if block is not None:
             parts_k.append(block.keys); parts_v.append(block.values)
             pos.append(block.positions); origin.append(block.origin_chunk)
@@ -165,19 +239,21 @@ class KVStore:
             parts_k.append(s.k); parts_v.append(s.v)
             p = torch.arange(c * L, (c + 1) * L, device=s.k.device)  # token index in the video, per head
             pos.append(p[:, None].expand(L, hkv)); origin.append(torch.full((L, hkv), c, device=s.k.device))
-        keys, values = torch.cat(parts_k), torch.cat(parts_v)
-        positions, origins = torch.cat(pos), torch.cat(origin)
+        q = self.quant
+        keys, values = q.cat(parts_k), q.cat(parts_v)
+        positions, origins = torch.cat(pos), torch.cat(origin)              # (L, Hkv) each
         if keep <= 0:
             self._compressed[layer] = None
             return
         if keys.shape[0] <= keep:
-            self._compressed[layer] = CompressedKV(keys, values, positions, origins, None)
+            self._compressed[layer] = KVBlock(keys, values, positions, origins)
             return
-        if queries is None:
+        if queries is None and self.policy.needs_queries:
             raise RuntimeError(f"layer {layer}: compression needs the newest chunk's queries")
-        self._compressed[layer] = compress_clean(
-            keys, values, positions, origins, queries, compressor=self.compressor,
-            tokens_per_frame=self.tokens_per_frame, tokens_per_chunk=self.tokens_per_chunk, budget=keep)
+        idx = self.policy.select(q.decode(keys), positions, queries, tokens_per_frame=self.tokens_per_frame,
+                                 tokens_per_chunk=self.tokens_per_chunk, keep=keep)  # (Hkv, kept) ascending
+        self._compressed[layer] = KVBlock(q.gather(keys, idx), q.gather(values, idx),
+                                          gather_per_head(positions, idx), gather_per_head(origins, idx))
 
 
 @dataclass

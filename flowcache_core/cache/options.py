@@ -2,23 +2,26 @@
 
 `option(...)` puts a default, a help line and the allowed values on a field; `check_options(obj)` (called by
 each config's __post_init__) raises one-line FlowcacheErrors naming the field and the value; the CLI builds its
-flags from the same fields (`--rel-l1-thresh` for `rel_l1_thresh`), so nothing is declared twice.
+flags from the same fields (`--rel-l1-thresh` for `rel_l1_thresh`), so nothing is declared twice. A value with a
+syntax of its own (a size such as "8GiB") names a `parse(name, value)` that checks it and raises the one line.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 from flowcache_core.errors import FlowcacheError
 
 
 def option(default: Any, help: str, *, kind: type = float, choices: tuple[str, ...] | None = None,
-           low: float | None = None, high: float | None = None, optional: bool = False, example: Any = None) -> Any:
-    """A config field with its rules: kind (int, float, str), choices, closed range [low, high], None allowed."""
+           low: float | None = None, high: float | None = None, optional: bool = False, example: Any = None,
+           parse: Callable[[str, Any], Any] | None = None) -> Any:
+    """A config field with its rules: kind (int, float, str), choices, closed range [low, high], None allowed,
+    or `parse(name, value)` for a value with its own syntax (raises FlowcacheError when it is not valid)."""
     return dataclasses.field(default=default, metadata={
         "help": help, "kind": kind, "choices": choices, "low": low, "high": high, "optional": optional,
-        "example": example if example is not None else default})
+        "example": example if example is not None else default, "parse": parse})
 
 
 def _what(meta: dict) -> str:
@@ -42,6 +45,9 @@ def _what(meta: dict) -> str:
 def check_value(name: str, value: Any, meta: dict) -> None:
     """One field's value against its rules; FlowcacheError `name=value must be ...` otherwise."""
     if value is None and meta["optional"]:
+        return
+    if meta.get("parse") is not None:
+        meta["parse"](name, value)
         return
     kind, ok = meta["kind"], True
     if meta["choices"]:

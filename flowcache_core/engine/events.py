@@ -25,13 +25,16 @@ class ForwardEvent:
     kv_budget: int | None
     seconds: float
     total_forwards: int
+    kv_bytes: int | None = None  # K/V bytes the store holds after the forward (every layer and context)
+    kv_budget_bytes: int | None = None  # the byte budget; None without one (a budget in chunks, or none)
 
     def to_json(self) -> dict:
         return {
             "forward": self.forward,
             "chunks": [vars(c) for c in self.chunks],
             "tokens_forwarded": self.tokens_forwarded,
-            "kv": {"used": self.kv_used, "budget": self.kv_budget},
+            "kv": {"used": self.kv_used, "budget": self.kv_budget, "bytes": self.kv_bytes,
+                   "budget_bytes": self.kv_budget_bytes},
         }
 
 
@@ -52,7 +55,10 @@ class ChunkEmitted:
 
 @dataclass
 class RunRecord:
-    """What a run did: per chunk computed/skipped forwards, totals, time."""
+    """What a run did: per chunk computed/skipped forwards, totals, time, memory.
+
+    peak_memory_bytes: CUDA's max allocated over the run on a GPU, 0 on the CPU; kv_peak_bytes: the most K/V bytes
+    the store held at once. `peak_memory` gives the measured figure of the device the run used."""
 
     computed: dict[int, int] = field(default_factory=dict)
     reused: dict[int, int] = field(default_factory=dict)
@@ -62,6 +68,15 @@ class RunRecord:
     peak_memory_bytes: int = 0
     compressions: int = 0
     kv_tokens: list[int] = field(default_factory=list)  # "cond" tokens per layer after each forward
+    kv_bytes: list[int] = field(default_factory=list)  # K/V bytes held after each forward (every layer, context)
+    kv_peak_bytes: int = 0
+
+    @property
+    def peak_memory(self) -> tuple[int, str]:
+        """(bytes, what was measured): CUDA max allocated on a GPU, else the KV store's peak."""
+        if self.peak_memory_bytes:
+            return self.peak_memory_bytes, "CUDA max allocated"
+        return self.kv_peak_bytes, "KV store peak"
 
     @property
     def chunk_forwards(self) -> int:

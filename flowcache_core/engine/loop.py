@@ -45,6 +45,9 @@ class Generation(Protocol):
     fps: int  # of the output video
     # optional `output_frames: int`: the output is cut to this many frames (whole chunks are generated; the
     # frames past the request are dropped at the end). Without it, every emitted frame is output.
+    # For a KV budget in bytes (api.make_store): `kv_heads`, `kv_head_dim`, `kv_dtype`, the layout of the K/V the
+    # forward writes; optional `kv_copy_tokens: int`, per layer the most tokens the per-pass window copies (contexts
+    # other than KVStore.MAIN) hold at once (0 without).
 
     def chunk(self, chunk_id: int) -> Tensor:
         """View (C, frames, h, w) of the chunk's latent state; the loop adds Euler updates to it in place."""
@@ -85,8 +88,11 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
     prefill = sum(len(f.rows) for f in gen.plan if f.prefill)
     if budget is not None and (prefill + 1) * gen.tokens_per_chunk > budget:
         raise FlowcacheError(
-            f"total_cache_chunk_nums={budget // gen.tokens_per_chunk} cannot hold the {prefill} prefix chunks and "
-            f"the first generated chunk: use at least {prefill + 1} or a shorter prefix video")
+            f"{store.budget_label} ({budget / gen.tokens_per_chunk:g} chunks) cannot hold the {prefill} prefix chunks "
+            f"and the first generated chunk: use a budget of at least {prefill + 1} chunks or a shorter prefix video"
+            if store.budget_bytes is not None else
+            f"{store.budget_label} cannot hold the {prefill} prefix chunks and the first generated chunk: use at "
+            f"least {prefill + 1} or a shorter prefix video")
     for i, f in enumerate(gen.plan):
         started = time.perf_counter()
         gen.before_forward()
@@ -119,7 +125,7 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
                 record.compressions += 1
         velocities: dict[int, Tensor] = {}
         if rows:
-            newest = max((r.chunk_id for r in rows if not r.clean), default=None) if budget is not None else None
+            newest = max((r.chunk_id for r in rows if not r.clean), default=None) if store.wants_queries else None
             out = gen.forward(f, rows, store, newest)
             velocities, tokens = out.velocities, tokens + out.tokens
             if out.queries:
@@ -140,14 +146,16 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
         policy.update(steps, decisions, velocities, deltas)
         record.forwards += 1
         record.tokens_forwarded += tokens
-        kv_used = store.tokens(store.MAIN)
+        kv_used, kv_bytes = store.tokens(store.MAIN), store.nbytes()
         record.kv_tokens.append(kv_used)
+        record.kv_bytes.append(kv_bytes)
         on_event(ForwardEvent(
             forward=f.index,
             chunks=[ChunkRecord(s.chunk_id, s.step, s.t, "compute" if d.compute else "reuse", d.reason, d.rel_l1, d.acc)
                     for s, d in zip(steps, decisions)],
             tokens_forwarded=tokens, kv_used=kv_used, kv_budget=budget,
-            seconds=time.perf_counter() - started, total_forwards=total_forwards))
+            seconds=time.perf_counter() - started, total_forwards=total_forwards,
+            kv_bytes=kv_bytes, kv_budget_bytes=store.budget_bytes))
         for c in f.emits:
             policy.drop(c)
             store.release_window_copies(c, keep=getattr(gen, "clean_kv_contexts", ()))
@@ -155,3 +163,4 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
             on_event(ChunkEmitted(idx, c, total))
             yield idx, latent
     record.seconds = time.perf_counter() - t0
+    record.kv_peak_bytes = store.peak_bytes

@@ -20,6 +20,7 @@ class ToyGeneration:
         self.tokens_per_frame = H * W
         self.tokens_per_chunk = chunk_frames * H * W
         self.blocks = T // chunk_frames
+        self.kv_heads, self.kv_head_dim, self.kv_dtype = 1, model.qkv.out_features // 3, torch.float32  # a byte budget
 
     def chunk(self, c: int) -> torch.Tensor:
         return self.x[:, c * self.cf : (c + 1) * self.cf]

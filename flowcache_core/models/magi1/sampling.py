@@ -90,6 +90,10 @@ class Magi1Generation:
         self.tokens_per_chunk = cw * self.tokens_per_frame
         self.fps = rt.fps
         self.passes = cfg_passes(config)
+        # The K/V layout the store holds (a byte budget is converted with it); with two or three passes the text
+        # pass keeps its own copy of every window chunk's K/V (context TEXT), up to window_size chunks at once.
+        self.kv_heads, self.kv_head_dim, self.kv_dtype = model.cfg.num_query_groups, model.cfg.kv_channels, model.dtype
+        self.kv_copy_tokens = rt.window_size * self.tokens_per_chunk if self.passes > 1 else 0
         Lmax = model.cfg.caption_max_length
         n_gen = self.chunk_num - self.offset
         caps = text.caption if text.caption.dim() == 3 else text.caption[None].expand(n_gen, -1, -1)
