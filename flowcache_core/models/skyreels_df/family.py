@@ -101,7 +101,7 @@ class SkyReelsDFFamily:
     def check_cache(self, config: DFConfig, cache) -> None:
         """A KV budget compresses the K/V of finished blocks; it applies where those are kept: block-causal runs
         (causal_block_size > 1) with one pass (guidance_scale <= 1) and clean history (addnoise_condition 0)."""
-        if not cache.kv.enabled:
+        if not cache.budget_on:
             return
         s = config.settings
         why = ("causal_block_size > 1 (with full attention nothing is finished early)" if config.block_frames == 1
@@ -109,7 +109,7 @@ class SkyReelsDFFamily:
                else "addnoise_condition 0 (noised history is recomputed every forward)" if s.addnoise_condition > 0
                else None)
         if why:
-            raise FlowcacheError(f"total_cache_chunk_nums: a KV budget on SkyReels-V2 DF needs {why}")
+            raise FlowcacheError(f"a KV budget (total_cache_chunk_nums / kv_budget) on SkyReels-V2 DF needs {why}")
 
     def check_inputs(self, config: DFConfig, mode: str, image: np.ndarray | None,
                      prefix_video: np.ndarray | None) -> None:

@@ -53,6 +53,8 @@ class DFGeneration:
         self.tokens_per_frame = (h // ph) * (w // pw)
         self.tokens_per_chunk = self.block * self.tokens_per_frame
         self.fps = s.fps
+        self.kv_heads, self.kv_head_dim, self.kv_dtype = (model.cfg.num_attention_heads, model.cfg.attention_head_dim,
+                                                          model.dtype)
         self.solver, self.device, self.channels, self.hw = solver, device, channels, latent_hw
         self.cond, self.uncond = cond, uncond  # (1, Lt, D) text contexts in the model's dtype
         self.guidance = s.guidance_scale
