@@ -5,7 +5,7 @@ PY ?= python3
 
 install:            ## CPU machine: the local CPU torch first (a plain `torch` would pull a multi-GB CUDA build)
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test,magi]"
+	$(PY) -m pip install -e ".[test,magi,wan]"
 
 install-gpu:        ## GPU image (torch present, no registry): install the package against what is there
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
