@@ -8,8 +8,9 @@ prompt and seed as the reference, the unbounded cache in the model's dtype, and 
 LPIPS over the video, PSNR per chunk (the drift curve: how the error grows along the video), the KV store's peak
 (CUDA max allocated on a GPU) and the sampling time.
 
-A setting is `[kv_policy][+int8][@budget]`: `flowcache@8MiB`, `sink_window+int8@3MiB`, `int8` (int8 storage, no
-budget), `flowcache@6chunks` (the published B_total spelling). Writes JSON and a PNG (matplotlib, the `plot` extra)
+A setting is `[kv_policy][:granularity][+int8][@budget]`: `flowcache@8MiB`, `sink_window+int8@3MiB`, `int8` (int8
+storage, no budget), `flowcache@6chunks` (the published B_total spelling), `flowcache:frame@8MiB` (the compressor's
+query granularity: chunk, frame or token). Writes JSON and a PNG (matplotlib, the `plot` extra)
 to bench/results/ and prints a table.
 
     python bench/kv_memory.py                 # 6 runs, about 5 minutes on one thread of a 2-core CPU
@@ -50,8 +51,8 @@ TRAINING_FRAMES = 32  # docs/TRAINING.md: 32 frames, 12 fps
 DEFAULT_SETTINGS = ("flowcache@8MiB", "sink_window@8MiB", "flowcache+int8@8MiB", "flowcache+int8@3MiB",
                     "sink_window+int8@3MiB")
 TINY_SETTINGS = ("flowcache@5chunks", "sink_window+int8@5chunks")
-PROMPT = "a red circle moves right"
-_SETTING = re.compile(r"(?P<policy>[a-z_]+?)?(?P<int8>\+?int8)?(?:@(?P<budget>[^@]+))?")
+PROMPT = "a red circle moves right"  # --prompt to change
+_SETTING = re.compile(r"(?P<policy>[a-z_]+?)?(?::(?P<gran>chunk|frame|token))?(?P<int8>\+?int8)?(?:@(?P<budget>[^@]+))?")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,12 @@ class Setting:
     kv_policy: str | None  # None: no budget
     int8: bool
     budget: str | None  # "8MiB" (bytes) or "6chunks"
+    granularity: str | None = None  # flowcache's query granularity ("flowcache:frame@8MiB"); None: its default
 
     def cache(self) -> CacheConfig:
         opts: dict = {"kv_quant": "int8"} if self.int8 else {}
+        if self.granularity is not None:
+            opts["query_granularity"] = self.granularity
         if self.budget is not None:
             opts["kv_policy"] = self.kv_policy
             if self.budget.endswith("chunks"):
@@ -85,7 +89,10 @@ def parse_setting(text: str) -> Setting:
     if not ok:
         raise FlowcacheError(f"setting {text!r} must be [kv_policy][+int8][@budget] with kv_policy one of "
                              f"{', '.join(KV_POLICIES)} (with a budget: 8MiB, 6chunks), e.g. sink_window+int8@3MiB or int8")
-    return Setting(text.strip(), policy, bool(int8), budget)
+    gran = m.group("gran")
+    if gran is not None and policy != "flowcache":
+        raise FlowcacheError(f"setting {text!r}: a query granularity (:chunk, :frame, :token) needs kv_policy flowcache")
+    return Setting(text.strip(), policy, bool(int8), budget, gran)
 
 
 def machine_info() -> dict:
@@ -99,11 +106,11 @@ def machine_info() -> dict:
                 torch=torch.__version__, python=platform.python_version(), loadavg_1_5_15=list(os.getloadavg()))
 
 
-def run(bundle, setting: Setting | None, *, frames: int, steps: int, seed: int, device: str) -> dict:
+def run(bundle, setting: Setting | None, *, frames: int, steps: int, seed: int, device: str, prompt: str = PROMPT) -> dict:
     """One video: its frames and what the run measured (the budget in tokens and bytes, from its events)."""
     events: list[ForwardEvent] = []
     cache = setting.cache() if setting else CacheConfig("none")
-    r = generate(PROMPT, bundle=bundle, cache=cache, num_frames=frames, num_steps=steps, seed=seed, device=device,
+    r = generate(prompt, bundle=bundle, cache=cache, num_frames=frames, num_steps=steps, seed=seed, device=device,
                  on_event=lambda e: events.append(e) if isinstance(e, ForwardEvent) else None)
     peak, what = r.record.peak_memory
     last = events[-1]
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-frames", type=int, default=None, help=f"default 96 (3x the training length {TRAINING_FRAMES})")
     ap.add_argument("--num-steps", type=int, default=None, help="default 16 (the model's config: 32)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--kv-range", choices=("all", "model"), default="all")
     ap.add_argument("--checkpoint-dir", default=None, help="default: the shipped default model")
     ap.add_argument("--device", default="cpu")
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     fpc = rt.chunk_width * rt.temporal_downsample_factor
     machine = machine_info()
     t0 = time.time()
-    kw = dict(frames=frames, steps=steps, seed=a.seed, device=a.device)
+    kw = dict(frames=frames, steps=steps, seed=a.seed, device=a.device, prompt=a.prompt)
     try:
         ref = run(bundle, None, **kw)
         err.print(f"unbounded: {ref['seconds']:.1f}s, peak KV {fmt_bytes(ref['kv_peak_bytes'])}", highlight=False)
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ref.pop("frames")
     machine.update(loadavg_1_5_15_end=list(os.getloadavg()), total_wall_s=round(time.time() - t0, 1))
     report = dict(
-        benchmark="kv_memory (issue 19, part 2)", prompt=PROMPT, seed=a.seed, num_frames=frames, num_steps=steps,
+        benchmark="kv_memory (issue 19, part 2)", prompt=a.prompt, seed=a.seed, num_frames=frames, num_steps=steps,
         training_frames=TRAINING_FRAMES, frames_per_chunk=fpc, kv_range=a.kv_range,
         noise2clean_kvrange=list(bundle.config.runtime.noise2clean_kvrange), device=a.device,
         model=str(bundle.path), lpips="AlexNet v0.1" if lp is not None else "skipped", machine=machine,
