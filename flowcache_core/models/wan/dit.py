@@ -62,6 +62,8 @@ class WanKV:
     queries_of: int | None = None  # a chunk of this forward whose queries the KV compressor will need
     queries: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by forward: layer -> (L, H, hd)
     kv_end: list[int] | None = None  # per block: one past the last chunk it attends to (None: itself)
+    kv_sink: list[int] | None = None  # per block: chunks [0, kv_sink[b]) attended too, from the store (a local
+    # window's sink chunks: each below kv_start[b] and not in this forward)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
             ids = kv.chunk_ids
             end = kv.kv_end[b] if kv.kv_end is not None else (ids[b] + 1 if causal else ids[-1] + 1)
             here = set(ids)
-            stored = tuple(c for c in range(kv.kv_start[b], end) if c not in here)
+            sink = range(min(kv.kv_sink[b], kv.kv_start[b])) if kv.kv_sink is not None else ()
+            stored = tuple(c for c in sink if c not in here) + tuple(c for c in range(kv.kv_start[b], end) if c not in here)
             lo, hi = bisect.bisect_left(ids, kv.kv_start[b]), bisect.bisect_left(ids, end)
         last = groups[-1] if groups else None
         if last is not None and (last.stored, last.lo, last.hi) == (stored, lo, hi):
