@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.models.weights import _read_safetensors
 
 _TOP = {
     "patch_embedding": "patch_embedding",
@@ -75,13 +76,7 @@ def read_generator(path: Path, key: str | None) -> dict[str, torch.Tensor]:
     `key` (default generator_ema, else generator, else the file itself) and a common `model.` prefix removed."""
     where = f"generator weights {str(path)!r}"
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as e:
-            raise FlowcacheError(f"{where}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+        data = _read_safetensors(path)
     else:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
