@@ -72,7 +72,7 @@ def run_reference_case(model: WanDiT, ref: dict, **override) -> torch.Tensor:
     generated = ref["latents"].shape[1] - (0 if prefix is None else prefix.shape[1])
     s = CausalWanSettings(num_frames=4 * generated - (3 if prefix is None else 0), **SIZE, seed=ref["seed"],
                           local_attn_size=ref["local_attn_size"], sink_size=ref["sink_size"],
-                          context_noise=ref["context_noise"])
+                          context_noise=ref["context_noise"], num_frame_per_block=ref["num_frame_per_block"])
     for k, v in override.items():
         setattr(s, k, v)
     config = CausalWanConfig(DATA, DATA / "generator.safetensors", None, DATA, model.cfg, {}, s)
@@ -83,7 +83,10 @@ def run_reference_case(model: WanDiT, ref: dict, **override) -> torch.Tensor:
     return torch.cat(out, dim=1)  # (C, F, h, w), given frames first as theirs
 
 
-@pytest.mark.parametrize("case", ["t2v_all", "t2v_window_sink", "t2v_window", "v2v_window_sink"])
+CASES = ["t2v_all", "t2v_window_sink", "t2v_window", "v2v_window_sink", "t2v_longlive", "v2v_frame_window"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_parity_with_self_forcing(tiny_dit, case):
     ref = torch.load(DATA / f"{case}.pt", weights_only=True)
     got = run_reference_case(tiny_dit, ref)
@@ -96,6 +99,8 @@ def test_the_window_and_sink_matter(tiny_dit):
     ref = torch.load(DATA / "t2v_window_sink.pt", weights_only=True)
     assert rel_err(run_reference_case(tiny_dit, ref, local_attn_size=-1, sink_size=0), ref["latents"]) > 1e-3
     assert rel_err(run_reference_case(tiny_dit, ref, sink_size=0), ref["latents"]) > 1e-3
+    ref = torch.load(DATA / "t2v_longlive.pt", weights_only=True)  # the window cuts blocks: frames matter
+    assert rel_err(run_reference_case(tiny_dit, ref, local_attn_size=18, sink_size=6), ref["latents"]) > 1e-3
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -158,7 +163,7 @@ def test_bad_folders_and_options_are_one_line(ckpt, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     assert "vae/" in cli_error(["generate", "--checkpoint-dir", str(bad), *out])
     good = ["generate", "--checkpoint-dir", str(ckpt), *out]
-    assert "multiple of num_frame_per_block" in cli_error([*good, "--local-attn-size", "7"])
+    assert "must hold the sink_size=3 frames" in cli_error([*good, "--local-attn-size", "5", "--sink-size", "3"])
     assert "needs --local-attn-size" in cli_error([*good, "--sink-size", "3"])
     assert "multiple of 16" in cli_error(["generate", "--checkpoint-dir", str(ckpt), "--prompt", PROMPT,
                                           "--height", "40", "--output-path", str(tmp_path / "o.mp4")])
@@ -258,7 +263,7 @@ def test_budget_never_exceeded_on_the_store(ckpt):
 def test_plan_is_cheap_for_thousands_of_blocks():
     t0 = time.perf_counter()
     steps = torch.tensor([1000.0, 937.5, 833.3, 625.0])
-    plan = plan_forwards(0, 5000, steps, steps / 1000, Window(3, 1))
+    plan = plan_forwards(0, 5000, steps, steps / 1000, Window(9, 3, 3))
     assert len(plan) == 5000 * 4 and time.perf_counter() - t0 < 2.0
     last = plan[-1].rows[-1]
-    assert (last.chunk_id, last.kv_start, last.kv_sink) == (4999, 4997, 1)
+    assert (last.chunk_id, last.kv_start, last.kv_sink) == (4999, 4998, 1)

@@ -63,8 +63,9 @@ class CausalWanGeneration:
         self.prefix_blocks = 0 if prefix is None else prefix.shape[1] // B
         gen_frames = generated_latent_frames(config, prefix is not None)
         self.blocks = self.prefix_blocks + gen_frames // B
-        window = window_for(s.local_attn_size, s.sink_size, B)
-        self.plan: list[Forward] = plan_forwards(self.prefix_blocks, self.blocks, self.timesteps, self.sigmas, window)
+        self.window = window_for(s.local_attn_size, s.sink_size, B)
+        self.plan: list[Forward] = plan_forwards(self.prefix_blocks, self.blocks, self.timesteps, self.sigmas,
+                                                 self.window)
         self.latents: dict[int, Tensor] = {}  # block -> (C, B, h, w) float32, while it is needed
         if prefix is not None:
             for c in range(self.prefix_blocks):
@@ -141,7 +142,7 @@ class CausalWanGeneration:
         ts = torch.cat(ts).to(self.device)
         pos = torch.cat([torch.arange(c * B, (c + 1) * B) for c in ids]).to(self.device)
         kv = WanKV(KVAccess(store), ids, [r.kv_start for r in rows], [True] * len(ids), queries_of=queries_of,
-                   kv_sink=[r.kv_sink for r in rows])
+                   kv_sink=[r.kv_sink for r in rows], kv_frames=[self.window.of(c)[2] for c in ids])
         out = self.model(x[None], ts[None], self.context, block_frames=B, kv=kv, causal=True, positions=pos)[0]
         velocities = {c: out[:, i * B : (i + 1) * B] for i, (c, r) in enumerate(zip(ids, rows)) if not r.clean}
         return velocities, len(ids) * self.tokens_per_chunk, (kv.queries or None)

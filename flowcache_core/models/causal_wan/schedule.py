@@ -42,33 +42,39 @@ def sigma_of(t: torch.Tensor, shift: float) -> torch.Tensor:
     return sigmas[idx]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Window:
-    """Which earlier blocks a block attends to: all (blocks None), or the newest `blocks` (itself included) plus the
-    first `sink` blocks (their local_attn_size and sink_size, in blocks)."""
+    """Which earlier frames block b attends to: all (frames None), or as their rolling KV cache of `frames` latent
+    frames keeps them: the first `sink` frames and the newest frames - sink (block b's own included). Their cache
+    rolls frame by frame, so a window may cut a block (LongLive: blocks of 6, sink 3, window 12)."""
 
-    blocks: int | None
+    frames: int | None
     sink: int
+    block: int
 
-    def of(self, b: int) -> tuple[int, int]:
-        """(kv_start, kv_sink) of block b."""
-        if self.blocks is None:
-            return 0, 0
-        start = max(0, b - self.blocks + 1)
-        return (0, 0) if start <= self.sink else (start, self.sink)
+    def of(self, b: int) -> tuple[int, int, tuple[int, int] | None]:
+        """(kv_start, kv_sink) in chunks (the chunks it reads) and (sink_end, window_start) in frames (the frames of
+        them it sees; None: every frame of them)."""
+        end = (b + 1) * self.block
+        if self.frames is None or end <= self.frames:  # the cache has not rolled yet
+            return 0, 0, None
+        start = end - (self.frames - self.sink)
+        sink_chunks = -(-self.sink // self.block)
+        trim = None if start % self.block == 0 and self.sink % self.block == 0 else (self.sink, start)
+        kv_start = start // self.block
+        if kv_start <= sink_chunks:
+            return 0, 0, trim if trim is not None else (self.sink, start)
+        return kv_start, sink_chunks, trim
 
 
 def window_for(local_attn_size: int, sink_size: int, block: int) -> Window:
-    """Frames -> blocks; FlowcacheError unless they are whole blocks (their cache rolls frame by frame)."""
+    """Their local_attn_size / sink_size (latent frames); FlowcacheError where their cache could not roll."""
     if local_attn_size == -1:
-        return Window(None, 0)
-    for name, v in (("local_attn_size", local_attn_size), ("sink_size", sink_size)):
-        if v % block:
-            raise FlowcacheError(f"{name}={v} must be a multiple of num_frame_per_block={block} (whole blocks)")
+        return Window(None, 0, block)
     if local_attn_size < sink_size + block:
         raise FlowcacheError(f"local_attn_size={local_attn_size} must hold the sink_size={sink_size} frames and one "
                              f"block of {block}")
-    return Window((local_attn_size - sink_size) // block, sink_size // block)
+    return Window(local_attn_size, sink_size, block)
 
 
 def plan_forwards(prefix_blocks: int, blocks: int, timesteps: torch.Tensor, sigmas: torch.Tensor,
@@ -80,15 +86,15 @@ def plan_forwards(prefix_blocks: int, blocks: int, timesteps: torch.Tensor, sigm
     t = [1.0 - float(s) for s in sigmas] + [1.0]
     plan: list[Forward] = []
     for c in range(prefix_blocks):
-        start, sink = window.of(c)
+        start, sink, _ = window.of(c)
         plan.append(Forward(0, [Row(c, None, start, kv_sink=sink)], prefill=True))
     index = 0
     for b in range(prefix_blocks, blocks):
-        start, sink = window.of(b)
+        start, sink, _ = window.of(b)
         for k in range(n):
             rows = []
             if k == 0 and b > prefix_blocks:
-                ps, pk = window.of(b - 1)
+                ps, pk, _ = window.of(b - 1)
                 rows.append(Row(b - 1, None, ps, kv_sink=pk))
             rows.append(Row(b, k, start, t[k], t[k + 1], kv_sink=sink))
             emits = list(range(prefix_blocks)) if index == 0 else []
