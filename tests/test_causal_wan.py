@@ -183,6 +183,35 @@ def test_a_folder_without_config_json_is_recognised(ckpt, tmp_path):
     assert torch.equal(res.latents, ref.latents)
 
 
+def test_longlive_lora_is_merged(ckpt, tmp_path):
+    """A LoRA (PEFT names, under generator_lora as LongLive saves it) equals a generator with W + alpha/r B A."""
+    torch.manual_seed(0)
+    base = torch.load(ckpt / "generator.pt", weights_only=True)["generator_ema"]
+    lora, merged = {}, {k[len("model."):]: v.clone() for k, v in base.items()}
+    for layer in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "blocks.1.cross_attn.o"):
+        w = merged[f"{layer}.weight"]
+        a, b = torch.randn(4, w.shape[1]) * 0.1, torch.randn(w.shape[0], 4) * 0.1
+        lora[f"base_model.model.{layer}.lora_A.weight"], lora[f"base_model.model.{layer}.lora_B.weight"] = a, b
+        merged[f"{layer}.weight"] = w + 2.0 * (b @ a)  # alpha 8, rank 4
+    with_lora, premerged = tmp_path / "with_lora", tmp_path / "premerged"
+    shutil.copytree(ckpt, with_lora)
+    shutil.copytree(ckpt, premerged)
+    torch.save({"generator_lora": lora}, with_lora / "lora.pt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (with_lora / "config.json").write_text(json.dumps(dict(cfg, lora="lora.pt", lora_alpha=8)))
+    torch.save({"generator": merged}, premerged / "generator.pt")
+    got = generate(PROMPT, checkpoint_dir=with_lora, cache=CacheConfig("none"), num_frames=9, **SIZE).latents
+    want = generate(PROMPT, checkpoint_dir=premerged, cache=CacheConfig("none"), num_frames=9, **SIZE).latents
+    plain = generate(PROMPT, checkpoint_dir=ckpt, cache=CacheConfig("none"), num_frames=9, **SIZE).latents
+    assert rel_err(got, want) <= 1e-6 and rel_err(plain, want) > 1e-3
+    lora["base_model.model.blocks.7.ffn.0.lora_A.weight"] = torch.zeros(4, 32)
+    lora["base_model.model.blocks.7.ffn.0.lora_B.weight"] = torch.zeros(64, 4)
+    torch.save(lora, with_lora / "lora.pt")
+    assert "'blocks.7.ffn.0' is not a Linear of the generator" in cli_error(
+        ["generate", "--checkpoint-dir", str(with_lora), "--prompt", PROMPT, "--height", "32", "--width", "32",
+         "--output-path", str(tmp_path / "o.mp4")])
+
+
 # ------------------------------------------------------------------------------------------ the CLI
 
 

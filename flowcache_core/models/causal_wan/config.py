@@ -4,13 +4,15 @@ A checkpoint folder (our layout; `synthetic.write_checkpoint` writes a tiny one)
 ```
 <dir>/
   config.json            {"family": "causal_wan", "generator": "self_forcing_dmd.pt", "base": "Wan2.1-T2V-1.3B-Diffusers",
-                          "generator_key": "generator_ema", "inference": {...}, "cache_defaults": {...}}  (all optional
-                          but "family"; without config.json the folder is recognised by its layout, defaults below)
+                          "generator_key": "generator_ema", "lora": "lora.pt", "lora_alpha": 256,
+                          "inference": {...}, "cache_defaults": {...}}  (all optional but "family"; without
+                          config.json the folder is recognised by its layout, defaults below)
   <generator>.pt | .safetensors   the released generator: original Wan key names (`blocks.0.self_attn.q.weight`),
                           at the top level or under "generator_ema" / "generator", with or without a `model.` prefix
   <base>/                 the Wan2.1-T2V-1.3B diffusers folder (model_index.json WanPipeline): transformer/config.json
                           (the DiT's shape; its weights are not read), vae/, text_encoder/, tokenizer/
 ```
+LongLive releases a base generator and a LoRA (rank 256, alpha 256): name both; the LoRA is merged when loading.
 Defaults: generator = the one *.pt / *.safetensors file at the top level; base = the one sub-folder with a
 model_index.json; generator_key = "generator_ema" if the file has it, else "generator", else the file is the state dict
 (Self-Forcing's README runs `--use_ema`).
@@ -79,6 +81,8 @@ class CausalWanConfig:
     vae: dict
     settings: CausalWanSettings = field(default_factory=CausalWanSettings)
     cache_defaults: dict | None = None
+    lora: Path | None = None  # LongLive's LoRA (PEFT state dict), merged into the generator when loading
+    lora_alpha: float | None = None  # its alpha (None: its rank, scale 1, as LongLive's configs)
 
     @property
     def temporal_downsample(self) -> int:
@@ -137,11 +141,11 @@ def read_checkpoint(path: Path) -> CausalWanConfig:
     cfg_file = path / "config.json"
     data = _read_json(cfg_file, "causal Wan config") if cfg_file.is_file() else {}
     where = str(cfg_file)
-    allowed = ("family", "generator", "generator_key", "base", "inference", "cache_defaults")
+    allowed = ("family", "generator", "generator_key", "base", "lora", "lora_alpha", "inference", "cache_defaults")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise FlowcacheError(f"{where!r}: key {unknown[0]!r} unknown (allowed: {', '.join(allowed)})")
-    for key in ("generator", "generator_key", "base"):
+    for key in ("generator", "generator_key", "base", "lora"):
         if key in data and not isinstance(data[key], str):
             raise FlowcacheError(f"{where!r}: {key!r} must be a string, got {data[key]!r}")
     gen = path / data["generator"] if "generator" in data else _one(_generators(path), "generator file (.pt, .pth, "
@@ -150,6 +154,12 @@ def read_checkpoint(path: Path) -> CausalWanConfig:
         raise FlowcacheError(f"generator weights {str(gen)!r} do not exist")
     if gen.suffix not in GENERATOR_SUFFIXES:
         raise FlowcacheError(f"generator weights {str(gen)!r}: expected a .pt, .pth or .safetensors file")
+    lora = path / data["lora"] if "lora" in data else None
+    if lora is not None and not lora.is_file():
+        raise FlowcacheError(f"LoRA weights {str(lora)!r} do not exist")
+    alpha = data.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0):
+        raise FlowcacheError(f"{where!r}: 'lora_alpha' must be a positive number, got {alpha!r}")
     base = path / data["base"] if "base" in data else _one(_bases(path), "Wan2.1 diffusers folder (model_index.json)",
                                                            path, "base")
     if not base.is_dir():
@@ -172,7 +182,7 @@ def read_checkpoint(path: Path) -> CausalWanConfig:
     cache_defaults = data.get("cache_defaults")
     if cache_defaults is not None and not isinstance(cache_defaults, dict):
         raise FlowcacheError(f"{where!r}: 'cache_defaults' must be an object")
-    return CausalWanConfig(path, gen, data.get("generator_key"), base, dit, vae, settings, cache_defaults)
+    return CausalWanConfig(path, gen, data.get("generator_key"), base, dit, vae, settings, cache_defaults, lora, alpha)
 
 
 def check_settings(values: object, where: str) -> None:

@@ -124,3 +124,42 @@ def convert(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where: st
         raise FlowcacheError(f"{where}: missing weight {to_original(missing[0])!r} (expected shape "
                              f"{tuple(own[missing[0]].shape)})")
     return out
+
+
+_LORA_KEY = re.compile(r"(?:base_model\.model\.)?(?:model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight")
+
+
+def merge_lora(sd: dict[str, torch.Tensor], path: Path, alpha: float | None) -> dict[str, torch.Tensor]:
+    """LongLive's LoRA (a PEFT state dict, under "generator_lora" or bare: `<layer>.lora_A.weight` (r, in) and
+    `.lora_B.weight` (out, r) per Linear of the blocks) merged into the original-name state dict:
+    W += alpha / r * B @ A, in float32 (alpha None: r, as LongLive's configs set alpha = rank)."""
+    where = f"LoRA weights {str(path)!r}"
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a bad file; report it in one line
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise FlowcacheError(f"{where}: not a torch checkpoint loadable with weights_only=True ({first})") from None
+    if isinstance(data, dict) and isinstance(data.get("generator_lora"), dict):
+        data = data["generator_lora"]
+    if not isinstance(data, dict) or not data:
+        raise FlowcacheError(f"{where}: expected a dict of LoRA tensors")
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in data.items():
+        m = _LORA_KEY.fullmatch(k) if isinstance(k, str) else None
+        if m is None or not isinstance(v, torch.Tensor) or v.dim() != 2:
+            raise FlowcacheError(f"{where}: entry {k!r} is not a LoRA A/B matrix (<layer>.lora_A.weight)")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = v
+    out = dict(sd)
+    for layer, ab in sorted(pairs.items()):
+        name = f"{layer}.weight"
+        if set(ab) != {"A", "B"}:
+            raise FlowcacheError(f"{where}: {layer!r} has lora_{'A' if 'A' in ab else 'B'} only")
+        if name not in sd:
+            raise FlowcacheError(f"{where}: {layer!r} is not a Linear of the generator")
+        a, b, w = ab["A"].float(), ab["B"].float(), sd[name]
+        if a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise FlowcacheError(f"{where}: {layer!r} A {tuple(a.shape)} and B {tuple(b.shape)} do not fit its "
+                                 f"weight {tuple(w.shape)}")
+        scale = (alpha if alpha is not None else a.shape[0]) / a.shape[0]
+        out[name] = (w.float() + scale * (b @ a)).to(w.dtype)
+    return out

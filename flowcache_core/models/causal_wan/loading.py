@@ -12,7 +12,7 @@ import torch
 
 from flowcache_core.engine.family import Bundle
 from flowcache_core.models.causal_wan.config import FAMILY, CausalWanConfig
-from flowcache_core.models.causal_wan.keymap import convert, read_generator
+from flowcache_core.models.causal_wan.keymap import convert, merge_lora, read_generator
 from flowcache_core.models.wan.dit import WanDiT
 from flowcache_core.models.wan.umt5 import load_umt5
 from flowcache_core.models.wan.vae import load_wan_vae
@@ -28,8 +28,10 @@ def load_generator(config: CausalWanConfig, *, device: str | torch.device, dtype
     with torch.device("meta"):
         model = WanDiT(config.dit, attn_backend=attn_backend)
     own = model.state_dict()
-    sd = convert(read_generator(config.generator, config.generator_key), own,
-                 f"generator weights {str(config.generator)!r}")
+    sd = read_generator(config.generator, config.generator_key)
+    if config.lora is not None:
+        sd = merge_lora(sd, config.lora, config.lora_alpha)
+    sd = convert(sd, own, f"generator weights {str(config.generator)!r}")
     model = model.set_dtype(dtype).to_empty(device=device)
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.to(dtypes[k]) for k, v in sd.items()}, strict=True)
