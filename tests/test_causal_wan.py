@@ -232,6 +232,44 @@ def test_cli_generates_each_mode_with_each_policy(ckpt, tmp_path, mode, policy):
     assert forwards and sum(e["tokens_forwarded"] for e in forwards) > 0
 
 
+def test_the_cli_streams_the_mp4_and_it_equals_the_api_video(ckpt, tmp_path):
+    from flowcache_core.video import read_video
+
+    args = ["generate", "--checkpoint-dir", str(ckpt), "--mode", "v2v", "--prompt", PROMPT, "--height", "32",
+            "--width", "32", "--num-frames", "30", "--lossless", "--quiet", "--output-path", str(tmp_path / "o.mp4")]
+    write_video(tmp_path / "in.mp4", rng_frames(13), 16, lossless=True)
+    r = runner.invoke(make_app(), [*args, "--prefix-video", str(tmp_path / "in.mp4")])
+    assert r.exit_code == 0, r.output
+    got = read_video(tmp_path / "o.mp4")[0]
+    given = read_video(tmp_path / "in.mp4")[0]
+    chunks: list[np.ndarray] = []
+    res = generate(PROMPT, mode="v2v", prefix_video=given, checkpoint_dir=ckpt, cache=CacheConfig("none"),
+                   num_frames=30, on_frames=lambda f, fps: chunks.append(f), keep_frames=False, **SIZE)
+    assert res.frames.shape[0] == 0 and res.latents.numel() == 0  # nothing of the video kept
+    assert len(chunks) > 1 and np.array_equal(np.concatenate(chunks), got) and got.shape[0] == 30
+    kept = generate(PROMPT, mode="v2v", prefix_video=given, checkpoint_dir=ckpt, cache=CacheConfig("none"),
+                    num_frames=30, **SIZE)
+    assert np.array_equal(kept.frames, got)
+
+
+def test_video_stream_equals_one_write(tmp_path):
+    from flowcache_core.video import VideoStream, read_video
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(11, 17, 23, 3), dtype=np.uint8)  # odd sizes
+    for lossless in (True, False):
+        write_video(tmp_path / "whole.mp4", frames, 16, lossless=lossless)
+        with VideoStream(tmp_path / "parts.mp4", lossless=lossless) as out:
+            for i in range(0, 11, 4):
+                out.write(frames[i : i + 4], 16)
+        assert out.frames == 11 and out.size == (17, 23)
+        a, b = read_video(tmp_path / "whole.mp4")[0], read_video(tmp_path / "parts.mp4")[0]
+        assert a.shape == frames.shape and np.array_equal(a, b)
+    with pytest.raises(RuntimeError), VideoStream(tmp_path / "failed.mp4") as out:  # an error: no file is left
+        out.write(frames[:2], 16)
+        raise RuntimeError("interrupted")
+    assert not (tmp_path / "failed.mp4").exists() and not list(tmp_path.glob(".failed.mp4.*"))
+
+
 @pytest.mark.parametrize("kv_policy", ["sink_window", "flowcache"])
 def test_cli_with_a_kv_budget_in_bytes(ckpt, tmp_path, kv_policy):
     budget = 4 * 12 * 512  # 4 blocks: 12 tokens each, 512 bytes per token over both layers (K and V, float32)
