@@ -130,6 +130,9 @@ def test_generator_files_are_checked_strictly(tmp_path):
     # wrappers: {"generator_ema": {"model.<name>": ...}} as their training saves it, or a named entry
     torch.save({"generator": {f"model.{k}": v for k, v in ref.items()}, "step": torch.tensor(3)}, tmp_path / "g.pt")
     assert read_generator(tmp_path / "g.pt", None).keys() == ref.keys()
+    fsdp = {f"model.{k}".replace("blocks.1.", "blocks.1._fsdp_wrapped_module."): v for k, v in ref.items()}
+    torch.save({"generator_ema": fsdp, "generator": {}}, tmp_path / "ema.pt")  # their EMA keeps FSDP's names
+    assert read_generator(tmp_path / "ema.pt", None).keys() == ref.keys()
     with pytest.raises(FlowcacheError, match=r"no entry 'generator_ema'"):
         read_generator(tmp_path / "g.pt", "generator_ema")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")

@@ -34,8 +34,9 @@ _BLOCK = {
 }
 _BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
 _TOP_KEY = re.compile(r"(.+)\.(weight|bias)")
-WRAPPERS = ("generator_ema", "generator")  # Self-Forcing / LongLive training checkpoints: {"generator": sd, ...}
-PREFIXES = ("model.", "_fsdp_wrapped_module.", "_orig_mod.")
+WRAPPERS = ("generator_ema", "generator", "model")  # Self-Forcing / LongLive checkpoints: {"generator": sd, ...}
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")  # FSDP/compile name parts
+PREFIXES = ("model.",)  # their WanDiffusionWrapper holds the DiT as `model`
 
 
 def to_ours(name: str) -> str | None:
@@ -73,7 +74,8 @@ def to_original(name: str) -> str:
 
 def read_generator(path: Path, key: str | None) -> dict[str, torch.Tensor]:
     """The generator's state dict from a .pt/.pth (torch.load weights_only) or .safetensors, unwrapped: the entry
-    `key` (default generator_ema, else generator, else the file itself) and a common `model.` prefix removed."""
+    `key` (default generator_ema, else generator, else model, else the file itself), FSDP's name parts and a
+    common `model.` prefix removed."""
     where = f"generator weights {str(path)!r}"
     if path.suffix == ".safetensors":
         data = _read_safetensors(path)
@@ -99,6 +101,8 @@ def read_generator(path: Path, key: str | None) -> dict[str, torch.Tensor]:
     bad = next((k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise FlowcacheError(f"{where}: entry {bad!r} is not a tensor (name the state dict with generator_key)")
+    for part in WRAPPER_PARTS:  # their EMA copies keep FSDP's names (LongLive's inference.py removes them too)
+        data = {k.replace(part, ""): v for k, v in data.items()}
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in data):
             data = {k[len(prefix):]: v for k, v in data.items()}
