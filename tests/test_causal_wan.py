@@ -337,3 +337,22 @@ def test_plan_is_cheap_for_thousands_of_blocks():
     assert len(plan) == 5000 * 4 and time.perf_counter() - t0 < 2.0
     last = plan[-1].rows[-1]
     assert (last.chunk_id, last.kv_start, last.kv_sink) == (4999, 4998, 1)
+
+
+def test_stream_benchmark_smoke(tmp_path):
+    """bench/causal_wan_stream.py --tiny: every row streams to the end; window and budgets stay flat."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "causal_wan_stream.py"), "--tiny", "--seconds", "12",
+                        "--out", str(out)], capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    assert all(row["blocks"] == row["planned_blocks"] for row in rows.values())
+    for name, row in rows.items():
+        if name != "unbounded":
+            assert row["peak_growth_bytes"] == 0, name
+            assert row["budget_bytes"] is None or row["store_peak_bytes"] <= row["budget_bytes"]
+    assert rows["unbounded"]["peak_growth_bytes"] > 0
