@@ -273,14 +273,16 @@ def test_video_stream_equals_one_write(tmp_path):
     assert not (tmp_path / "failed.mp4").exists() and not list(tmp_path.glob(".failed.mp4.*"))
 
 
-@pytest.mark.parametrize("kv_policy", ["sink_window", "flowcache"])
+@pytest.mark.parametrize("kv_policy", ["sink_window", "flowcache", "sink_window+int8"])
 def test_cli_with_a_kv_budget_in_bytes(ckpt, tmp_path, kv_policy):
     budget = 4 * 12 * 512  # 4 blocks: 12 tokens each, 512 bytes per token over both layers (K and V, float32)
     args = ["generate", "--checkpoint-dir", str(ckpt), "--prompt", PROMPT, "--height", "32", "--width", "32",
-            "--num-frames", "45", "--kv-budget", str(budget), "--kv-policy", kv_policy, "--quiet",
+            "--num-frames", "45", "--kv-budget", str(budget), "--kv-policy", kv_policy.split("+")[0], "--quiet",
             "--output-path", str(tmp_path / "out.mp4"), "--json-log", str(tmp_path / "log.jsonl")]
-    if kv_policy == "sink_window":
+    if kv_policy.startswith("sink_window"):
         args += ["--sink-frames", "3"]
+    if kv_policy.endswith("+int8"):
+        args += ["--kv-quant", "int8"]
     r = runner.invoke(make_app(), args)
     assert r.exit_code == 0, r.output
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
