@@ -3,7 +3,8 @@
 A checkpoint folder (our layout; `synthetic.write_checkpoint` writes a tiny one):
 ```
 <dir>/
-  config.json            {"family": "causal_wan", "generator": "self_forcing_dmd.pt", "base": "Wan2.1-T2V-1.3B-Diffusers",
+  config.json            {"family": "causal_wan", "generator": "self_forcing_dmd.pt",
+                          "base": "Wan2.1-T2V-1.3B-Diffusers",
                           "generator_key": "generator_ema", "lora": "lora.pt", "lora_alpha": 256,
                           "inference": {...}, "cache_defaults": {...}}  (all optional but "family"; without
                           config.json the folder is recognised by its layout, defaults below)

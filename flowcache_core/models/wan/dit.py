@@ -94,7 +94,7 @@ def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
             end = kv.kv_end[b] if kv.kv_end is not None else (ids[b] + 1 if causal else ids[-1] + 1)
             here = set(ids)
             sink = range(min(kv.kv_sink[b], kv.kv_start[b])) if kv.kv_sink is not None else ()
-            stored = tuple(c for c in sink if c not in here) + tuple(c for c in range(kv.kv_start[b], end) if c not in here)
+            stored = tuple(c for c in (*sink, *range(kv.kv_start[b], end)) if c not in here)
             lo, hi = bisect.bisect_left(ids, kv.kv_start[b]), bisect.bisect_left(ids, end)
         last = groups[-1] if groups else None
         if last is not None and (last.stored, last.lo, last.hi, last.frames) == (stored, lo, hi, frames):
