@@ -29,7 +29,7 @@ from flowcache_core.engine.events import ForwardEvent, UnknownWords
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import remove_stale_temps, same_file, usual_mode
 from flowcache_core.models.attention import ATTN_BACKENDS
-from flowcache_core.video import check_output_path, read_image, read_video, write_video
+from flowcache_core.video import VideoStream, check_output_path, read_image, read_video
 
 
 # ------------------------------------------------------------------------------------------ JSON log
@@ -173,15 +173,17 @@ def generate_cmd(
             view(event)
             log(event)
 
-        result = generate(image=image_px, prefix_video=prefix_px, request=request, bundle=bundle, on_event=on_event)
-        write_video(output_path, result.frames, result.fps, lossless=lossless)
+        # the mp4 grows as chunks finish (a long stream is never held in memory); it appears when the run ends
+        with VideoStream(output_path, lossless=lossless) as out:
+            result = generate(image=image_px, prefix_video=prefix_px, request=request, bundle=bundle,
+                              on_event=on_event, on_frames=out.write, keep_frames=False)
         log.commit()
 
     if quiet:
         console.print(str(output_path), markup=False, highlight=False, soft_wrap=True)
         return
     console.print(summary_table(result.record, result.cache, wall_seconds=time.perf_counter() - t0))
-    T, H, W, _ = result.frames.shape
+    T, (H, W) = out.frames, out.size
     extra = f"; JSON log {json_log}" if json_log is not None else ""
     console.print(f"wrote {output_path} ({T} frames, {W}x{H}, {result.fps} fps{', lossless' if lossless else ''}){extra}",
                   markup=False, highlight=False, soft_wrap=True)

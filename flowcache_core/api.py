@@ -172,11 +172,16 @@ def make_store(cache: ResolvedCache, gen: Generation, window_size: int | None = 
 
 def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video: np.ndarray | None = None,
              request: Request | None = None, bundle: Bundle | None = None,
-             on_event: Callable[[object], None] | None = None, **kwargs: Any) -> GenerationResult:
+             on_event: Callable[[object], None] | None = None,
+             on_frames: Callable[[np.ndarray, int], None] | None = None, keep_frames: bool = True,
+             **kwargs: Any) -> GenerationResult:
     """Generate a video. `image` is (H, W, 3) uint8 for i2v; `prefix_video` (T, H, W, 3) uint8 for v2v.
 
     Either a `request` from `resolve`, or `resolve`'s arguments (mode, cache, checkpoint_dir, config_file, seed,
-    num_steps, num_frames, height, width, device, ...). `bundle`: an already loaded model to use."""
+    num_steps, num_frames, height, width, device, ...). `bundle`: an already loaded model to use.
+    Streaming: `on_frames(frames, fps)` gets the output frames (uint8 (T, H, W, 3), already cut as `frames` is) as
+    each chunk is decoded; with keep_frames False the result holds no frames and no latents (memory does not grow
+    with the video: e.g. a `video.VideoStream`'s write)."""
     if request is None:
         request = resolve(prompt, bundle=bundle, **kwargs)
     elif kwargs:
@@ -207,13 +212,21 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
     # decode of the whole latent; a frame-local codec decodes each chunk on its own
     stream = getattr(b.codec, "stream_decoder", None)
     decode = stream() if stream is not None else b.codec.decode
-    for _, lat in run_chunks(gen, request.cache.make_policy(), store, record, emit):
-        latents.append(lat)
-        frames.append(to_pixels(decode(lat.float())))
-    if dev.type == "cuda":
-        record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
-    video = np.concatenate(frames)
     keep = getattr(gen, "output_frames", None)  # whole chunks were generated: drop the frames past the request
     skip = getattr(gen, "output_skip", 0)  # frames that repeat a given video (decoded for the codec's state only)
-    video = video[skip:keep]
-    return GenerationResult(video, gen.fps, record, torch.cat(latents, 1), request.cache, events)
+    decoded = 0  # frames decoded so far: the output is decoded[skip:keep]
+    for _, lat in run_chunks(gen, request.cache.make_policy(), store, record, emit):
+        px = to_pixels(decode(lat.float()))
+        lo, hi = max(skip - decoded, 0), len(px) if keep is None else min(len(px), keep - decoded)
+        decoded += len(px)
+        part = px[lo:max(lo, hi)]
+        if keep_frames:
+            latents.append(lat)
+            frames.append(part)
+        if on_frames is not None and len(part):
+            on_frames(part, gen.fps)
+    if dev.type == "cuda":
+        record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
+    video = np.concatenate(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+    return GenerationResult(video, gen.fps, record, torch.cat(latents, 1) if latents else torch.empty(0),
+                            request.cache, events)

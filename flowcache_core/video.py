@@ -19,6 +19,7 @@ over the destination only when complete. A failed or interrupted write leaves an
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -126,12 +127,7 @@ def write_video(
 
 def _encode(path: Path, frames: np.ndarray, rate: str, codec: list[str], pw: int, ph: int, w: int, h: int) -> None:
     with atomic_write(path, ".mp4") as tmp:
-        cmd = [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
-            "-an", *codec,
-            "-metadata", f"comment={_SIZE_TAG}{w}x{h}", "-movflags", "+faststart", "-f", "mp4", str(tmp),
-        ]  # fmt: skip
+        cmd = _command(tmp, rate, codec, pw, ph, w, h)
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             try:
@@ -146,6 +142,92 @@ def _encode(path: Path, frames: np.ndarray, rate: str, codec: list[str], pw: int
             stderr = err.read().decode("utf-8", "replace")
         if rc != 0:
             raise FlowcacheError(f"cannot write video {path}: ffmpeg: {_ffmpeg_reason(stderr)}")
+
+
+class VideoStream:
+    """An mp4 written as frames arrive, in write_video's encodings, atomically: the file replaces `path` when the
+    `with` block ends without an error, else the temp file goes. Memory: the batch being written, not the video.
+
+        with VideoStream(path, lossless=True) as out:
+            for frames in batches:
+                out.write(frames, fps)      # uint8 (T, H, W, 3); fps needed by the first write (or given here)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, *, crf: int | None = None,
+                 lossless: bool = False):
+        self.path = check_output_path(path)
+        if crf is not None and not (0 <= int(crf) <= 51):
+            raise FlowcacheError(f"crf must be in 0..51, got {crf}")
+        self.fps, self.crf, self.lossless = fps, crf, lossless
+        self.frames = 0  # written so far
+        self.size: tuple[int, int] | None = None  # (height, width) of the first batch
+        self._proc: subprocess.Popen | None = None
+        self._broken = False
+
+    def __enter__(self) -> "VideoStream":
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_write(self.path, ".mp4"))
+        self._err = self._stack.enter_context(tempfile.TemporaryFile())
+        return self
+
+    def _start(self, h: int, w: int, fps: float) -> None:
+        if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+            raise FlowcacheError(f"fps must be a positive number, got {fps!r}")
+        if self.lossless:
+            codec = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
+        else:
+            crf_value = DEFAULT_CRF if self.crf is None else int(self.crf)
+            codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
+        ph, pw = (h, w) if self.lossless else (h + h % 2, w + w % 2)
+        rate = str(Fraction(fps).limit_denominator(1001 * 1000))
+        try:
+            self._proc = subprocess.Popen(_command(self._tmp, rate, codec, pw, ph, w, h), stdin=subprocess.PIPE,
+                                          stdout=subprocess.DEVNULL, stderr=self._err)
+        except OSError as e:
+            raise FlowcacheError(f"cannot write video {self.path}: {e.strerror or e}") from None
+        self.size = (h, w)
+
+    def write(self, frames: np.ndarray, fps: float | None = None) -> None:
+        frames = _check_frames(frames)
+        t, h, w, _ = frames.shape
+        if self._proc is None:
+            self._start(h, w, fps if fps is not None else self.fps)
+        elif (h, w) != self.size:
+            raise FlowcacheError(f"video {self.path}: frames of {w}x{h} after frames of {self.size[1]}x{self.size[0]}")
+        if not self.lossless and (h % 2 or w % 2):  # yuv420p needs even sizes: repeat the last row/column
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if not self._broken:
+            try:
+                self._proc.stdin.write(frames.tobytes())
+            except BrokenPipeError:  # ffmpeg stopped: its reason is reported when the stream closes
+                self._broken = True
+        self.frames += t
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        error = None
+        if self._proc is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self._proc.stdin.close()
+            rc = self._proc.wait()
+            if exc_type is None and rc != 0:
+                self._err.seek(0)
+                reason = _ffmpeg_reason(self._err.read().decode("utf-8", "replace"))
+                error = FlowcacheError(f"cannot write video {self.path}: ffmpeg: {reason}")
+        elif exc_type is None:
+            error = FlowcacheError(f"cannot write video {self.path}: no frames were given")
+        if error is not None:
+            self._stack.__exit__(FlowcacheError, error, None)  # removes the temp file
+            raise error
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+def _command(tmp: Path, rate: str, codec: list[str], pw: int, ph: int, w: int, h: int) -> list[str]:
+    return [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{pw}x{ph}", "-r", rate, "-i", "-",
+        "-an", *codec,
+        "-metadata", f"comment={_SIZE_TAG}{w}x{h}", "-movflags", "+faststart", "-f", "mp4", str(tmp),
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -78,4 +78,4 @@ def test_a_folder_naming_an_unknown_family_is_one_line(tmp_path):
     (d / "config.json").write_text(json.dumps({"family": "skyreels9", "config": {}}))
     r = CliRunner().invoke(make_app(), ["generate", "--checkpoint-dir", str(d), "--prompt", "x",
                                         "--output-path", str(tmp_path / "o.mp4")])
-    assert r.exit_code == 2 and "names family 'skyreels9', which is unknown (known: magi1, skyreels_df)" in r.output
+    assert r.exit_code == 2 and "names family 'skyreels9', which is unknown (known: magi1, skyreels_df, causal_wan)" in r.output

@@ -164,10 +164,11 @@ class KVStore:
             for key in [k for k in slots if k[1] == chunk_id and k[0] != self.MAIN and k[0] not in keep]:
                 self._remove(slots, key)
 
-    def evict_before(self, chunk_id: int) -> None:
-        """Forget the uncompressed K/V of chunks < chunk_id: no later chunk's kv range reaches them."""
+    def evict_before(self, chunk_id: int, keep_first: int = 0) -> None:
+        """Forget the uncompressed K/V of chunks < chunk_id: no later chunk's kv range reaches them (except the sink
+        chunks < keep_first, which later chunks still attend to)."""
         for slots in self._slots:
-            for key in [k for k in slots if k[1] < chunk_id]:
+            for key in [k for k in slots if keep_first <= k[1] < chunk_id]:
                 self._remove(slots, key)
 
     def chunks(self, ctx: str) -> list[int]:

@@ -23,7 +23,7 @@ from torch import Tensor
 from flowcache_core.cache.kv import KVStore
 from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep
 from flowcache_core.engine.events import ChunkEmitted, ChunkRecord, ForwardEvent, RunRecord
-from flowcache_core.engine.plan import Forward, Row, kv_horizons
+from flowcache_core.engine.plan import Forward, Row, kv_horizons, kv_sinks
 from flowcache_core.errors import FlowcacheError
 
 
@@ -80,7 +80,7 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
                on_event: Callable[[object], None] = lambda e: None) -> Iterator[tuple[int, Tensor]]:
     """Yields (output index, clean latent) as chunks finish; fills `record` as it goes."""
     t0 = time.perf_counter()
-    horizons = kv_horizons(gen.plan)
+    horizons, sinks = kv_horizons(gen.plan), kv_sinks(gen.plan)
     total_forwards = sum(not f.prefill for f in gen.plan)
     final_clean: set[int] = set()  # chunks whose clean K/V is written and final
     queries: dict[int, Tensor] = {}  # per layer, the newest computed chunk's queries (KV compressor)
@@ -109,7 +109,7 @@ def run_chunks(gen: Generation, policy: CachePolicy, store: KVStore, record: Run
         rows = [r for r in f.rows if r.clean or r.chunk_id in compute]
         tokens = 0
         if any(r.step == 0 for r in den):  # a chunk enters the window
-            store.evict_before(horizons[i])
+            store.evict_before(horizons[i], keep_first=sinks[i])
             incoming = sum(r.step == 0 for r in den) * gen.tokens_per_chunk
             if store.needs_room(incoming):
                 # B_total as published: the chunk that has just become clean is compressible at this event too,

@@ -18,6 +18,7 @@ class Row:
     kv_start: int  # first chunk this row attends to (up to chunk_id inclusive)
     t: float | None = None  # noise level at this step (0 = noise, 1 = clean); None for a clean row
     t_next: float | None = None  # noise level after this step's Euler update
+    kv_sink: int = 0  # chunks [0, kv_sink) are attended too, whatever kv_start (sink chunks of a local window)
 
     @property
     def clean(self) -> bool:
@@ -47,4 +48,13 @@ def kv_horizons(plan: list[Forward]) -> list[int]:
         for r in plan[i].rows:
             lowest = r.kv_start if lowest is None else min(lowest, r.kv_start)
         out[i] = lowest if lowest is not None else 0
+    return out
+
+
+def kv_sinks(plan: list[Forward]) -> list[int]:
+    """For each forward, the sink chunks (Row.kv_sink) it or any later forward attends to: kept by eviction."""
+    out, most = [0] * len(plan), 0
+    for i in range(len(plan) - 1, -1, -1):
+        most = max([most] + [r.kv_sink for r in plan[i].rows])
+        out[i] = most
     return out

@@ -62,6 +62,10 @@ class WanKV:
     queries_of: int | None = None  # a chunk of this forward whose queries the KV compressor will need
     queries: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by forward: layer -> (L, H, hd)
     kv_end: list[int] | None = None  # per block: one past the last chunk it attends to (None: itself)
+    kv_sink: list[int] | None = None  # per block: chunks [0, kv_sink[b]) attended too, from the store (a local
+    # window's sink chunks: each below kv_start[b] and not in this forward)
+    kv_frames: list[tuple[int, int] | None] | None = None  # per block: (sink_end, window_start) latent frames: of
+    # the uncompressed chunks it reads, only frames < sink_end or >= window_start are attended (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class _Group:
     stored: tuple[int, ...]
     lo: int
     hi: int
+    frames: tuple[int, int] | None = None  # (sink_end, window_start): the attended frames of the chunks read
 
 
 def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
@@ -82,18 +87,20 @@ def attention_groups(n: int, causal: bool, kv: WanKV | None) -> list[_Group]:
     the ones not in this forward come from the store, first (with consecutive ids: the chunks before the first)."""
     groups: list[_Group] = []
     for b in range(n):
-        stored, lo, hi = (), 0, (b + 1 if causal else n)
+        stored, lo, hi, frames = (), 0, (b + 1 if causal else n), None
         if kv is not None:
+            frames = kv.kv_frames[b] if kv.kv_frames is not None else None
             ids = kv.chunk_ids
             end = kv.kv_end[b] if kv.kv_end is not None else (ids[b] + 1 if causal else ids[-1] + 1)
             here = set(ids)
-            stored = tuple(c for c in range(kv.kv_start[b], end) if c not in here)
+            sink = range(min(kv.kv_sink[b], kv.kv_start[b])) if kv.kv_sink is not None else ()
+            stored = tuple(c for c in (*sink, *range(kv.kv_start[b], end)) if c not in here)
             lo, hi = bisect.bisect_left(ids, kv.kv_start[b]), bisect.bisect_left(ids, end)
         last = groups[-1] if groups else None
-        if last is not None and (last.stored, last.lo, last.hi) == (stored, lo, hi):
+        if last is not None and (last.stored, last.lo, last.hi, last.frames) == (stored, lo, hi, frames):
             groups[-1] = replace(last, last=b + 1)
         else:
-            groups.append(_Group(b, b + 1, stored, lo, hi))
+            groups.append(_Group(b, b + 1, stored, lo, hi, frames))
     return groups
 
 
@@ -254,12 +261,14 @@ class _Forward:
     block_tokens: int  # L = block_frames * h * w
     kv: WanKV | None
     backend: str
+    frame_tokens: int = 0  # h * w: tokens of one latent frame (frame-trimmed windows)
+    _keep: dict = field(default_factory=dict)  # group index -> the attended key positions (same for every layer)
 
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (B, S, H, hd) of this forward's blocks -> (B, S, H, hd); writes/records per `kv`."""
         L, kv = self.block_tokens, self.kv
         outs = []
-        for g in self.groups:  # in block order, covering every block once
+        for i, g in enumerate(self.groups):  # in block order, covering every block once
             ks, vs = [k[:, g.lo * L : g.hi * L]], [v[:, g.lo * L : g.hi * L]]
             if g.stored:
                 sk, sv = kv.access.store.read(layer, kv.access.read_ctxs, list(g.stored))  # (Li, H, hd) pieces
@@ -267,10 +276,32 @@ class _Forward:
                 vs = [piece[None].to(q.dtype) for piece in sv] + vs
             kk = torch.cat(ks, dim=1) if len(ks) > 1 else ks[0]
             vv = torch.cat(vs, dim=1) if len(vs) > 1 else vs[0]
+            if g.frames is not None:  # a frame-granular window: drop the key frames it does not see
+                if i not in self._keep:
+                    self._keep[i] = self._attended(g, [p.shape[0] for p in sk] if g.stored else [], kk.device)
+                kk, vv = kk[:, self._keep[i]], vv[:, self._keep[i]]
             outs.append(attend(q[:, g.first * L : g.last * L], kk, vv, backend=self.backend))
         if kv is not None:
             self._record(layer, q, k, v)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _attended(self, g: _Group, stored_lengths: list[int], device: torch.device) -> torch.Tensor:
+        """Positions of the attended keys in [stored pieces | this forward's blocks lo..hi): the compressed block (if
+        read, first) whole; of each chunk, the frames < sink_end or >= window_start."""
+        kv, L, P = self.kv, self.block_tokens, self.frame_tokens
+        nf = L // P
+        store = kv.access.store
+        chunks = [c for c in g.stored if c not in store.compressed_chunks] + kv.chunk_ids[g.lo : g.hi]
+        sink_end, window_start = g.frames
+        keep, offset = [], 0
+        if len(stored_lengths) > len([c for c in g.stored if c not in store.compressed_chunks]):  # the block
+            keep.append(torch.arange(stored_lengths[0]))
+            offset = stored_lengths[0]
+        for j, c in enumerate(chunks):
+            frame = c * nf + torch.arange(L) // P  # (L,) each key's latent frame
+            seen = (frame < sink_end) | (frame >= window_start)
+            keep.append(offset + j * L + torch.nonzero(seen).flatten())
+        return torch.cat(keep).to(device)
 
     def _record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write the K/V of the blocks marked `write`; keep the queries the KV compressor asked for."""
@@ -363,7 +394,7 @@ class WanDiT(nn.Module):
         temb, modulation = self.condition(timesteps, fps)  # (B, F, D), (B, F, 6, D)
         frames = torch.arange(nf, device=x.device) + frame_offset if positions is None else positions.to(x.device)
         ctx = _Forward(modulation, context.to(self.dtype), rope_cos_sin(self.cfg.attention_head_dim, frames, h, w),
-                       attention_groups(n, causal, kv), block_frames * h * w, kv, self.attn_backend)
+                       attention_groups(n, causal, kv), block_frames * h * w, kv, self.attn_backend, h * w)
         for block in self.blocks:
             tokens = block(tokens, ctx)
 
