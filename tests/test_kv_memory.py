@@ -4,7 +4,6 @@ Every budgeted run here is checked on the store itself after every forward: the 
 token budget in every layer, everything held within the byte budget, the running byte count equal to a recount."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

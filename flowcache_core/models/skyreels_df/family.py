@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from flowcache_core.cache.options import check_options, option
 from flowcache_core.engine.family import Bundle

@@ -28,7 +28,7 @@ from flowcache_core.models.skyreels_df.latents import (
     addnoise, addnoise_generator, image_prefix, overlap_prefix, segment_noise, start_latents, video_prefix,
 )  # fmt: skip
 from flowcache_core.models.skyreels_df.schedule import DFForward, DFPlan, layout, plan_forwards
-from flowcache_core.models.skyreels_df.solver import UniPC, flow_t, read_scheduler_config, schedule, with_shift
+from flowcache_core.models.skyreels_df.solver import UniPC, flow_t, read_scheduler_config, with_shift
 from flowcache_core.models.wan.dit import WanDiT, WanKV
 
 UNCOND = "uncond"  # the negative-prompt pass keeps its own K/V (its hidden states differ from the prompt pass's)

@@ -25,7 +25,6 @@ from flowcache_core.errors import FlowcacheError
 
 def _diffusers():
     try:
-        import diffusers  # noqa: F401
         from diffusers import AutoencoderKLWan
     except ImportError:
         raise FlowcacheError("this checkpoint needs diffusers for Wan's VAE: pip install -e \".[wan]\"") from None
