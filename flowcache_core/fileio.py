@@ -1,9 +1,10 @@
 """Writing files so that nothing already there is lost: a temp file beside the destination, renamed onto it
 only when complete, with the permissions a plain `open()` would give (mkstemp and safetensors make 0600).
-Reading the one text input every prompt-taking command shares: `read_prompt_lines`."""
+Reading the one text input every prompt-taking command shares: `read_prompt_lines`; JSON objects: `read_json_object`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -198,3 +199,18 @@ def make_output_dir(path: str | os.PathLike, parents: bool = False) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise FlowcacheError(f"output folder {str(out)!r} is not writable")
     return out
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file holding an object (a checkpoint's config, a config file): one-line FlowcacheError naming `what`
+    and the file when it is missing, not JSON, or not an object."""
+    p = Path(path)
+    if not p.is_file():
+        raise FlowcacheError(f"{what} {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowcacheError(f"{what} {str(p)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict):
+        raise FlowcacheError(f"{what} {str(p)!r} must hold a JSON object, not {type(data).__name__}")
+    return data

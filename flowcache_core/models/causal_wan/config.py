@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 from flowcache_core.models.wan.config import WanDiTConfig, read_transformer_config
 from flowcache_core.schema import Range, check_fields
 
@@ -97,16 +98,6 @@ class CausalWanConfig:
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FlowcacheError(f"{what}: {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"{str(path)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict):
-        raise FlowcacheError(f"{str(path)!r} must hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _generators(path: Path) -> list[Path]:
@@ -140,7 +131,7 @@ def _one(found: list[Path], what: str, path: Path, key: str) -> Path:
 def read_checkpoint(path: Path) -> CausalWanConfig:
     """The folder's files and configs, checked (no weights read)."""
     cfg_file = path / "config.json"
-    data = _read_json(cfg_file, "causal Wan config") if cfg_file.is_file() else {}
+    data = read_json_object(cfg_file, "causal Wan config") if cfg_file.is_file() else {}
     where = str(cfg_file)
     allowed = ("family", "generator", "generator_key", "base", "lora", "lora_alpha", "inference", "cache_defaults")
     unknown = sorted(set(data) - set(allowed))
@@ -175,7 +166,7 @@ def read_checkpoint(path: Path) -> CausalWanConfig:
     # The original Wan code (theirs) embeds the timestep through a float64 sinusoid: our SkyReels-V2 path computes it
     # so, diffusers' Wan class in float32. The class name only selects that rule here.
     dit = dataclasses.replace(dit, class_name="SkyReelsV2Transformer3DModel", num_frame_per_block=1)
-    vae = _read_json(base / "vae" / "config.json", "VAE config")
+    vae = read_json_object(base / "vae" / "config.json", "VAE config")
     settings = CausalWanSettings()
     if "inference" in data:
         check_settings(data["inference"], where)

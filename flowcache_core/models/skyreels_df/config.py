@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 from flowcache_core.schema import Range, check_fields
 
 PIPELINES = ("SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
@@ -86,18 +87,6 @@ class DFConfig:
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
 
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FlowcacheError(f"{what}: {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"{str(path)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict):
-        raise FlowcacheError(f"{str(path)!r} must hold a JSON object, not {type(data).__name__}")
-    return data
-
-
 def is_df_folder(path: Path) -> bool:
     """A diffusers folder whose model_index.json names a DF pipeline (or any SkyReels-V2 pipeline: we then say
     in read_checkpoint which ones we run)."""
@@ -113,7 +102,7 @@ def is_df_folder(path: Path) -> bool:
 
 def read_checkpoint(path: Path) -> DFConfig:
     """The folder's layout and component configs, checked (no weights read)."""
-    index = read_json(path / "model_index.json", "SkyReels-V2 checkpoint")
+    index = read_json_object(path / "model_index.json", "SkyReels-V2 checkpoint file")
     name = index.get("_class_name")
     if name not in PIPELINES:
         raise FlowcacheError(f"{str(path / 'model_index.json')!r}: _class_name {name!r} is not a diffusion-forcing "
@@ -123,12 +112,12 @@ def read_checkpoint(path: Path) -> DFConfig:
             raise FlowcacheError(f"{str(path / 'model_index.json')!r} lists no {comp!r} component")
         if not (path / comp).is_dir():
             raise FlowcacheError(f"checkpoint {str(path)!r} has no {comp}/ folder (diffusers layout)")
-    transformer = read_json(path / "transformer" / "config.json", "transformer config")
+    transformer = read_json_object(path / "transformer" / "config.json", "transformer config")
     if transformer.get("_class_name") != "SkyReelsV2Transformer3DModel":
         raise FlowcacheError(f"{str(path / 'transformer' / 'config.json')!r}: _class_name "
                              f"{transformer.get('_class_name')!r}, expected 'SkyReelsV2Transformer3DModel'")
-    scheduler = read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
-    vae = read_json(path / "vae" / "config.json", "VAE config")
+    scheduler = read_json_object(path / "scheduler" / "scheduler_config.json", "scheduler config")
+    vae = read_json_object(path / "vae" / "config.json", "VAE config")
     fc = index.get("flowcache") if isinstance(index.get("flowcache"), dict) else {}
     return DFConfig(path, name, transformer, scheduler, vae, DFSettings(), fc.get("cache_defaults"))
 

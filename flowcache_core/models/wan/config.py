@@ -9,13 +9,13 @@ A missing key takes the class's default, as diffusers does; keys starting with "
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 from flowcache_core.schema import AT_LEAST_1, POSITIVE, at, check_fields, shown
 
 SKYREELS_V2 = "SkyReelsV2Transformer3DModel"
@@ -104,13 +104,7 @@ def read_transformer_config(path: str | os.PathLike) -> WanDiTConfig:
     """Read and check a diffusers transformer `config.json` (SkyReels-V2 or Wan2.1 text-to-video)."""
     p = Path(path)
     where = f"transformer config {str(p)!r}"
-    if not p.is_file():
-        raise FlowcacheError(f"{where} does not exist")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"{where} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    return config_from_dict(d, where)
+    return config_from_dict(read_json_object(p, "transformer config"), where)
 
 
 def config_to_dict(cfg: WanDiTConfig) -> dict[str, Any]:

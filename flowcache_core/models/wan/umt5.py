@@ -7,7 +7,6 @@ embedding rows past the prompt's tokens are set to zero. An empty negative promp
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 
 MAX_SEQUENCE_LENGTH = 512  # the SkyReels-V2 DF pipelines' default
 
@@ -51,16 +51,6 @@ class UMT5TextEncoder:
         return hidden * keep[..., None]
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FlowcacheError(f"{what} {str(path.parent)!r} has no {path.name}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"{str(path)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict):
-        raise FlowcacheError(f"{str(path)!r} must hold a JSON object")
-    return data
 
 
 def load_umt5(text_encoder_dir: Path, tokenizer_dir: Path, *, device: str | torch.device,
@@ -70,7 +60,7 @@ def load_umt5(text_encoder_dir: Path, tokenizer_dir: Path, *, device: str | torc
         from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
     except ImportError:
         raise FlowcacheError("Wan-based checkpoints need transformers for UMT5: pip install -e \".[wan]\"") from None
-    cfg = _read_json(text_encoder_dir / "config.json", "text encoder folder")
+    cfg = read_json_object(text_encoder_dir / "config.json", "text encoder config")
     archs = cfg.get("architectures") or []
     kinds = {"UMT5EncoderModel": UMT5EncoderModel, "T5EncoderModel": T5EncoderModel}
     arch = next((a for a in archs if a in kinds), None)

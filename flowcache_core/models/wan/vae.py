@@ -14,13 +14,13 @@ Facts (diffusers 0.42 `autoencoder_kl_wan.py`, SkyReels-V2 / Wan pipelines):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 
 
 def _diffusers():
@@ -128,14 +128,9 @@ def load_wan_vae(folder: Path, *, device: str | torch.device, dtype: torch.dtype
     """A diffusers `vae/` folder (config.json + safetensors) -> codec; every weight must be present and fit."""
     AutoencoderKLWan = _diffusers()
     cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FlowcacheError(f"VAE folder {str(folder)!r} has no config.json")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"{str(cfg_path)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(cfg, dict) or cfg.get("_class_name") != "AutoencoderKLWan":
-        got = cfg.get("_class_name") if isinstance(cfg, dict) else type(cfg).__name__
+    cfg = read_json_object(cfg_path, "VAE config")
+    if cfg.get("_class_name") != "AutoencoderKLWan":
+        got = cfg.get("_class_name")
         raise FlowcacheError(f"{str(cfg_path)!r}: _class_name {got!r}, expected 'AutoencoderKLWan'")
     if not any(folder.glob("*.safetensors")):
         raise FlowcacheError(f"VAE folder {str(folder)!r} has no .safetensors weights")
