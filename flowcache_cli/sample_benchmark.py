@@ -39,8 +39,8 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
             cache: CacheConfig, num_steps, num_frames_for, lossless: bool, quiet: bool) -> None:
     """Shared tail of both commands: bundle once, this process's items, progress, barrier, merged manifest.
 
-    build_items(config) -> (all items, keep_frames or None, note or None); num_frames_for(config) -> int|None,
-    with `config` the resolved model config (no weights loaded).
+    build_items(video) -> (all items, keep_frames or None, note or None); num_frames_for(video) -> int|None,
+    with `video` what the resolved model config makes (`Family.video`: fps, size, ...; no weights loaded).
     """
     # Every check that needs no weights, before anything is created on disk: the request resolved as the API
     # resolves it (steps, frames, memory, cache options), the items and their input files.
@@ -51,10 +51,10 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
         base = resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=dev, num_steps=num_steps,
                        spelled=spelled)
         return resolve(benchmark, cache=cache, checkpoint_dir=checkpoint_dir, device=dev, num_steps=num_steps,
-                       num_frames=num_frames_for(base.config), spelled=spelled)
+                       num_frames=num_frames_for(base.family.video(base.config)), spelled=spelled)
 
     request = request_on(device)
-    items, keep_frames, note = build_items(request.config)
+    items, keep_frames, note = build_items(request.family.video(request.config))
     mine = shard.take(items)
     bm.check_inputs(mine)
     out = bm.prepare_output_dir(output_dir)
@@ -63,7 +63,8 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
         if distributed_device != device:  # torchrun: this rank's cuda:LOCAL_RANK
             device, request = distributed_device, request_on(distributed_device)
         bundle = load(request)
-        settings = bm.SamplingSettings(cache, num_steps, num_frames_for(bundle.config), device, lossless, keep_frames)
+        settings = bm.SamplingSettings(cache, num_steps, num_frames_for(request.family.video(bundle.config)), device,
+                                       lossless, keep_frames)
         rank_label = f"shard {shard.index}/{shard.count}" if shard.count > 1 else "all"
         show = not quiet and shard.index == 0 if shard.distributed else not quiet
         if note and show:
@@ -121,8 +122,8 @@ def vbench_cmd(
     items = bm.limit_items(bm.prompt_items(prompts, samples_per_prompt, seed), limit)
     cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
     _sample("vbench" if prompt_file is None else f"prompts:{prompt_file.name}", the_shard,
-            lambda config: (items, None, None), output_dir, checkpoint_dir, device, cache_request, num_steps,
-            lambda config: num_frames, lossless, quiet)
+            lambda video: (items, None, None), output_dir, checkpoint_dir, device, cache_request, num_steps,
+            lambda video: num_frames, lossless, quiet)
 
 
 # ----------------------------------------------------------------------------------------------- physicsiq
@@ -146,23 +147,23 @@ def physicsiq_cmd(
     rows = bm.read_physicsiq(dataset_dir)
     cache_request = CacheConfig(check_policy_flag(cache), **options)  # checked now, before the model loads
 
-    def need(config) -> int:
-        return config.runtime.fps * bm.PHYSICSIQ_SECONDS
+    def need(video) -> int:
+        return video["fps"] * bm.PHYSICSIQ_SECONDS
 
-    def build(config):
-        fps = config.runtime.fps
-        if num_frames is not None and num_frames < need(config):
-            raise FlowcacheError(f"--num-frames {num_frames} is shorter than PhysicsIQ's 5 s at {fps} fps ({need(config)} frames)")
+    def build(video):
+        fps = video["fps"]
+        if num_frames is not None and num_frames < need(video):
+            raise FlowcacheError(f"--num-frames {num_frames} is shorter than PhysicsIQ's 5 s at {fps} fps ({need(video)} frames)")
         items = bm.limit_items(bm.physicsiq_items(rows, dataset_dir, mode, fps, seed), limit)
         note = None
         if mode == "v2v":
             src = items[0].prefix_fps
             how = "as is" if src == fps else f"resampled to {fps} fps"
-            note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(config)} frames at {fps} fps"
-        return items, need(config), note
+            note = f"v2v conditioning videos: split-videos/conditioning-videos/{src}FPS ({how}); output {need(video)} frames at {fps} fps"
+        return items, need(video), note
 
     _sample(f"physicsiq-{mode}", the_shard, build, output_dir, checkpoint_dir, device, cache_request, num_steps,
-            lambda config: max(num_frames or 0, need(config)), lossless, quiet)
+            lambda video: max(num_frames or 0, need(video)), lossless, quiet)
 
 
 def register(app: typer.Typer) -> None:

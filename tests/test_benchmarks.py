@@ -168,10 +168,12 @@ class _Result:
 
 
 class _Runtime:
-    video_size_h, video_size_w, fps, num_steps = 16, 16, 8, 4
+    video_size_h, video_size_w, fps, num_steps, num_frames, chunk_width, window_size = 16, 16, 8, 4, 8, 1, 1
 
 
 class _Bundle:
+    family = "magi1"  # what the samplers read of the config goes through the family (Family.video)
+
     class config:  # noqa: N801
         runtime = _Runtime
 

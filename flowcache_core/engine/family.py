@@ -59,6 +59,10 @@ class Family(Protocol):
     def window_size(self, config: Any) -> int:
         """Chunks denoised together: a KV budget must hold more than this."""
 
+    def video(self, config: Any) -> dict:
+        """What a request with this config makes, for the eval commands (sweep, sample-benchmark): num_steps,
+        num_frames, height, width, fps, plus facts of the family's own (e.g. chunk_width) for their reports."""
+
     def check_inputs(self, config: Any, mode: str, image: np.ndarray | None, prefix_video: np.ndarray | None) -> None:
         """Sizes and lengths of the given image / prefix video, before anything is loaded."""
 

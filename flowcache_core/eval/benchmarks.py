@@ -41,6 +41,7 @@ from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import (
     atomic_write_text, claim, make_output_dir, read_prompt_lines, read_user_text, remove_stale_temps,
 )
+from flowcache_core.models.registry import FAMILIES
 from flowcache_core.schema import shown
 
 SEED_STRIDE = 1000  # seeds of prompt p: base + 1000*p + (0 .. samples_per_prompt-1)
@@ -429,8 +430,8 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
 
     generate_fn = generate_fn or generate
     out = Path(output_dir)
-    rt = bundle.config.runtime
-    height, width, fps = rt.video_size_h, rt.video_size_w, rt.fps
+    v = FAMILIES[bundle.family].video(bundle.config)
+    height, width, fps = v["height"], v["width"], v["fps"]
     summary = SamplingSummary()
     t_start = time.perf_counter()
     try:
@@ -471,7 +472,7 @@ def sample_items(items: Sequence[WorkItem], output_dir: str | os.PathLike, setti
 def _sample_one(item, path, n, count, settings, bundle, rank, generate_fn, write_video, manifest, height, width, fps,
                 summary, on_progress) -> None:
     """Generate, write and record one claimed item."""
-    rt = bundle.config.runtime
+    v = FAMILIES[bundle.family].video(bundle.config)
     t0 = time.perf_counter()
     res = generate_fn(item.prompt, mode=item.mode, cache=settings.cache, bundle=bundle, seed=item.seed,
                       num_steps=settings.num_steps, num_frames=settings.num_frames, device=settings.device,
@@ -489,7 +490,7 @@ def _sample_one(item, path, n, count, settings, bundle, rank, generate_fn, write
         "sample": item.sample, "mode": item.mode, "key": item.key, "rank": rank,
         "inputs": {k: str(v) for k, v in (("image", item.image), ("prefix_video", item.prefix_video)) if v},
         "prefix_fps": item.prefix_fps, "cache": {"policy": res.cache.policy, **res.cache.options()},
-        "num_steps": settings.num_steps or rt.num_steps, "frames": int(len(frames)), "fps": res.fps,
+        "num_steps": settings.num_steps or v["num_steps"], "frames": int(len(frames)), "fps": res.fps,
         "seconds": round(seconds, 4), "sampler_seconds": round(rec.seconds, 4), "forwards": rec.forwards,
         "chunk_forwards_computed": rec.computed_chunk_forwards,
         "chunk_forwards_skipped": rec.chunk_forwards - rec.computed_chunk_forwards,

@@ -38,6 +38,7 @@ from flowcache_core.engine.family import Bundle
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.eval.metrics import LpipsUnavailable, load_lpips, lpips_per_frame, psnr, ssim_per_frame
 from flowcache_core.fileio import atomic_write, atomic_write_text, make_output_dir, read_prompt_lines
+from flowcache_core.models.registry import FAMILIES
 from flowcache_core.training.world import held_out_single_object_captions
 
 DEFAULT_THRESHOLDS = (0.03, 0.05, 0.07, 0.1, 0.15)
@@ -356,10 +357,11 @@ def run_sweep(cfg: SweepConfig, *, bundle: Bundle | None = None, on_progress: Ca
                           lpips_mean=None if any(v is None for v in lps) else float(np.mean(lps)),
                           pairs=scale_pairs)
     rec_s = recommend(summaries, cfg.min_psnr, cfg.min_ssim, cfg.min_psnr_each)
-    rt = b.config.runtime
-    model = dict(path=str(b.path) if b.path else None, num_steps=cfg.num_steps or rt.num_steps,
-                 num_frames=cfg.num_frames or rt.num_frames, size=[rt.video_size_h, rt.video_size_w],
-                 chunk_width=rt.chunk_width, window_size=rt.window_size, warmup_steps=warmup_used)
+    v = FAMILIES[b.family].video(b.config)
+    extra = {k: x for k, x in v.items() if k not in ("num_steps", "num_frames", "height", "width", "fps")}
+    model = dict(path=str(b.path) if b.path else None, num_steps=cfg.num_steps or v["num_steps"],
+                 num_frames=cfg.num_frames or v["num_frames"], size=[v["height"], v["width"]], **extra,
+                 warmup_steps=warmup_used)
     conf = {k: v for k, v in asdict(cfg).items()}
     return SweepResult(conf, lpips_status, rows, summaries, seed_scale, rec_s.setting if rec_s else None, model)
 

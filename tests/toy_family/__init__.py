@@ -50,6 +50,10 @@ class ToyFamily:
     def window_size(self, config: ToyConfig) -> int:
         return 1
 
+    def video(self, config: ToyConfig) -> dict:
+        return dict(num_steps=config.num_steps, num_frames=config.num_frames, height=config.height,
+                    width=config.width, fps=config.fps)
+
     def check_inputs(self, config, mode, image, prefix_video) -> None:
         if mode != "t2v":
             raise FlowcacheError(f"the toy family generates t2v only, not {mode}")

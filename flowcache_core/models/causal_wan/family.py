@@ -81,6 +81,11 @@ class CausalWanFamily:
     def window_size(self, config: CausalWanConfig) -> int:
         return 1  # one block denoises at a time
 
+    def video(self, config: CausalWanConfig) -> dict:
+        s = config.settings
+        return dict(num_steps=len(s.denoising_step_list), num_frames=s.num_frames, height=s.height, width=s.width,
+                    fps=s.fps, block_frames=s.num_frame_per_block)
+
     def check_inputs(self, config: CausalWanConfig, mode: str, image: np.ndarray | None,
                      prefix_video: np.ndarray | None) -> None:
         s = config.settings

@@ -104,6 +104,11 @@ class Magi1Family:
     def window_size(self, config: MagiConfig) -> int:
         return config.runtime.window_size
 
+    def video(self, config: MagiConfig) -> dict:
+        rt = config.runtime
+        return dict(num_steps=rt.num_steps, num_frames=rt.num_frames, height=rt.video_size_h, width=rt.video_size_w,
+                    fps=rt.fps, chunk_width=rt.chunk_width, window_size=rt.window_size)
+
     def check_inputs(self, config: MagiConfig, mode: str, image: np.ndarray | None,
                      prefix_video: np.ndarray | None) -> None:
         rt = config.runtime

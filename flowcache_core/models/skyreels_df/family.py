@@ -97,6 +97,11 @@ class SkyReelsDFFamily:
 
         return max(len(f.denoising) for f in check_plan(config).forwards)
 
+    def video(self, config: DFConfig) -> dict:
+        s = config.settings
+        return dict(num_steps=s.num_inference_steps, num_frames=s.num_frames, height=s.height, width=s.width,
+                    fps=s.fps, block_frames=config.block_frames, ar_step=s.ar_step)
+
     def check_cache(self, config: DFConfig, cache) -> None:
         """A KV budget compresses the K/V of finished blocks; it applies where those are kept: block-causal runs
         (causal_block_size > 1) with one pass (guidance_scale <= 1) and clean history (addnoise_condition 0)."""

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import read_json_object
+from flowcache_core.models.wan.quiet import quiet_loading
 
 MAX_SEQUENCE_LENGTH = 512  # the SkyReels-V2 DF pipelines' default
 
@@ -73,9 +74,10 @@ def load_umt5(text_encoder_dir: Path, tokenizer_dir: Path, *, device: str | torc
                                           or (tokenizer_dir / "spiece.model").is_file()):
         raise FlowcacheError(f"tokenizer folder {str(tokenizer_dir)!r} has neither tokenizer.json nor spiece.model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        model, info = kinds[arch].from_pretrained(text_encoder_dir, local_files_only=True, torch_dtype=dtype,
-                                                  output_loading_info=True)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+            model, info = kinds[arch].from_pretrained(text_encoder_dir, local_files_only=True, torch_dtype=dtype,
+                                                      output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FlowcacheError(f"text encoder {str(text_encoder_dir)!r} does not load: {first}") from None

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import read_json_object
+from flowcache_core.models.wan.quiet import quiet_loading
 
 
 def _diffusers():
@@ -135,8 +136,9 @@ def load_wan_vae(folder: Path, *, device: str | torch.device, dtype: torch.dtype
     if not any(folder.glob("*.safetensors")):
         raise FlowcacheError(f"VAE folder {str(folder)!r} has no .safetensors weights")
     try:
-        vae, info = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype,
-                                                     output_loading_info=True, low_cpu_mem_usage=False)
+        with quiet_loading():
+            vae, info = AutoencoderKLWan.from_pretrained(folder, local_files_only=True, torch_dtype=dtype,
+                                                         output_loading_info=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FlowcacheError(f"VAE folder {str(folder)!r} does not load: {first}") from None
