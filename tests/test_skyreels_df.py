@@ -238,3 +238,22 @@ def test_options_are_checked_in_one_line(ckpt, tmp_path):
     # and a SkyReels option given to a MAGI-1 model
     assert "--ar-step applies to skyreels_df" in cli_error(["generate", "--prompt", PROMPT, "--ar-step", "5",
                                                             "--output-path", str(tmp_path / "o.mp4")])
+
+
+def test_sweep_runs_on_a_skyreels_checkpoint(ckpt, tmp_path):
+    small = tmp_path / "small"
+    shutil.copytree(ckpt, small)
+    idx = json.loads((small / "model_index.json").read_text())
+    idx["flowcache"] = {"pipeline_kwargs": dict(height=32, width=32, num_frames=33, num_inference_steps=6,
+                                                 guidance_scale=1.0, ar_step=1, causal_block_size=3)}
+    (small / "model_index.json").write_text(json.dumps(idx))
+    out = tmp_path / "sweep"
+    r = runner.invoke(make_app(), ["sweep", "--checkpoint-dir", str(small), "--prompts", "2", "--thresholds", "0,0.3",
+                                   "--policies", "flowcache", "--reuse-modes", "extrapolate", "--warmup-steps", "2",
+                                   "--no-lpips", "--quiet", "--output-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "sweep.json").read_text())
+    by = {s["setting"]: s for s in data["settings"]}
+    assert by["flowcache-extrapolate@0"]["psnr_mean"] == "inf"  # threshold 0 reuses nothing: the same video
+    assert by["flowcache-extrapolate@0.3"]["computed_chunk_forwards"] < by["none"]["computed_chunk_forwards"]
+    assert data["model"]["block_frames"] == 3 and data["model"]["size"] == [32, 32]

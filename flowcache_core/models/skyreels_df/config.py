@@ -1,6 +1,7 @@
 """SkyReels-V2 diffusion forcing: the checkpoint's facts (diffusers folder layout) and a request's settings.
 
-A checkpoint is the folder diffusers' DF pipelines save and load: model_index.json naming one of the DF pipeline
+A checkpoint is the folder diffusers' DF pipelines save and load (model_index.json may add a `flowcache` object:
+`cache_defaults`, and `pipeline_kwargs` defaults for the folder): model_index.json naming one of the DF pipeline
 classes, transformer/ (SkyReelsV2Transformer3DModel), vae/ (AutoencoderKLWan), text_encoder/ (UMT5), tokenizer/,
 scheduler/ (UniPCMultistepScheduler). The settings are the pipeline's call arguments that change the video, named
 and defaulted as diffusers names and defaults them (diffusers 0.42 `SkyReelsV2DiffusionForcingPipeline.__call__`).
@@ -119,7 +120,11 @@ def read_checkpoint(path: Path) -> DFConfig:
     scheduler = read_json_object(path / "scheduler" / "scheduler_config.json", "scheduler config")
     vae = read_json_object(path / "vae" / "config.json", "VAE config")
     fc = index.get("flowcache") if isinstance(index.get("flowcache"), dict) else {}
-    return DFConfig(path, name, transformer, scheduler, vae, DFSettings(), fc.get("cache_defaults"))
+    settings = DFSettings()
+    if "pipeline_kwargs" in fc:  # a folder's own defaults (e.g. a small test checkpoint's size), same rules
+        check_settings(fc["pipeline_kwargs"], f"{str(path / 'model_index.json')!r}: flowcache")
+        settings = dataclasses.replace(settings, **fc["pipeline_kwargs"])
+    return DFConfig(path, name, transformer, scheduler, vae, settings, fc.get("cache_defaults"))
 
 
 def check_settings(values: dict, where: str) -> None:
