@@ -240,13 +240,28 @@ def test_options_are_checked_in_one_line(ckpt, tmp_path):
                                                             "--output-path", str(tmp_path / "o.mp4")])
 
 
-def test_sweep_runs_on_a_skyreels_checkpoint(ckpt, tmp_path):
-    small = tmp_path / "small"
-    shutil.copytree(ckpt, small)
-    idx = json.loads((small / "model_index.json").read_text())
+def small_defaults(ckpt, folder):
+    """The checkpoint with small defaults in its model_index.json (commands without size flags run it quickly)."""
+    shutil.copytree(ckpt, folder)
+    idx = json.loads((folder / "model_index.json").read_text())
     idx["flowcache"] = {"pipeline_kwargs": dict(height=32, width=32, num_frames=33, num_inference_steps=6,
                                                  guidance_scale=1.0, ar_step=1, causal_block_size=3)}
-    (small / "model_index.json").write_text(json.dumps(idx))
+    (folder / "model_index.json").write_text(json.dumps(idx))
+    return folder
+
+
+def test_sample_benchmark_runs_on_a_skyreels_checkpoint(ckpt, tmp_path):
+    small = small_defaults(ckpt, tmp_path / "small")
+    out = tmp_path / "vbench"
+    r = runner.invoke(make_app(), ["sample-benchmark", "vbench", "--checkpoint-dir", str(small), "--output-dir",
+                                   str(out), "--limit", "2", "--cache", "flowcache", "--quiet"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(list(out.glob("*.mp4"))) == 2 and manifest
+
+
+def test_sweep_runs_on_a_skyreels_checkpoint(ckpt, tmp_path):
+    small = small_defaults(ckpt, tmp_path / "small")
     out = tmp_path / "sweep"
     r = runner.invoke(make_app(), ["sweep", "--checkpoint-dir", str(small), "--prompts", "2", "--thresholds", "0,0.3",
                                    "--policies", "flowcache", "--reuse-modes", "extrapolate", "--warmup-steps", "2",
