@@ -7,6 +7,7 @@ default is the qualifying setting with the highest chunk-forwards speedup.
 
     python bench/cache_defaults_heldout.py --out bench/results/cache_defaults_heldout_cpu.json
     python bench/cache_defaults_heldout.py --settings '[{"warmup_steps": 8, "rel_l1_thresh": 0.01}]'
+    python bench/cache_defaults_heldout.py --num-steps 64 --settings '[{"rel_l1_thresh": 0.02, "reuse": "extrapolate"}]'
 """
 from __future__ import annotations
 
@@ -32,17 +33,17 @@ def prompts() -> list[str]:
     return [vb[i].text for i in VBENCH_INDICES] + list(README_PROMPTS)
 
 
-def measure(prompt_list: list[str], settings: list[dict], seed: int = 0) -> list[dict]:
+def measure(prompt_list: list[str], settings: list[dict], seed: int = 0, num_steps: int | None = None) -> list[dict]:
     """One row per (prompt, setting): psnr vs none, computed / total chunk-forwards, seconds (reported only)."""
-    bundle = load(resolve(prompt_list[0], seed=seed))
+    bundle = load(resolve(prompt_list[0], seed=seed, num_steps=num_steps))
     rows = []
     for p in prompt_list:
         t = time.time()
-        ref = generate(p, seed=seed, bundle=bundle, cache=CacheConfig("none")).frames
+        ref = generate(p, seed=seed, bundle=bundle, cache=CacheConfig("none"), num_steps=num_steps).frames
         none_s = time.time() - t
         for s in settings:
             t = time.time()
-            r = generate(p, seed=seed, bundle=bundle, cache=CacheConfig("flowcache", **s))
+            r = generate(p, seed=seed, bundle=bundle, cache=CacheConfig("flowcache", **s), num_steps=num_steps)
             rows.append(dict(prompt=p, setting=s, psnr=float(psnr(r.frames, ref)), computed=r.record.computed_chunk_forwards,
                              total=r.record.chunk_forwards, seconds=time.time() - t, none_seconds=none_s))
             print(json.dumps(rows[-1]), flush=True)
@@ -66,9 +67,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", default='[{"warmup_steps": 8, "rel_l1_thresh": 0.01, "reuse": "extrapolate"}]')
     ap.add_argument("--out", default=None)
+    ap.add_argument("--num-steps", type=int, default=None, help="default: the model's (32)")
     a = ap.parse_args()
-    rows = measure(prompts(), json.loads(a.settings))
-    result = dict(prompts=prompts(), seed=0, floor_db=FLOOR_DB, summary=summarise(rows), rows=rows)
+    rows = measure(prompts(), json.loads(a.settings), num_steps=a.num_steps)
+    result = dict(prompts=prompts(), seed=0, num_steps=a.num_steps, floor_db=FLOOR_DB, summary=summarise(rows),
+                  rows=rows)
     print(json.dumps(result["summary"], indent=1))
     if a.out:
         with open(a.out, "w") as f:
