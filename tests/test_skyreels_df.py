@@ -79,6 +79,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 CASES = {
     "t2v-sync-cfg-off": ("t2v", dict(num_frames=9, num_steps=3, guidance_scale=1.0)),
     "t2v-sync-cfg-on": ("t2v", dict(num_frames=9, num_steps=4, guidance_scale=5.0, negative_prompt="dark blurry")),
+    "t2v-short-text": ("t2v", dict(num_frames=9, num_steps=3, guidance_scale=2.0, max_sequence_length=16)),
     "t2v-async-cfg-on": ("t2v", dict(num_frames=33, num_steps=4, guidance_scale=2.0, ar_step=2, causal_block_size=3)),
     "t2v-async-cfg-off": ("t2v", dict(num_frames=33, num_steps=5, guidance_scale=1.0, ar_step=1, causal_block_size=3)),
     "t2v-long-sync-addnoise": ("t2v", dict(num_frames=57, base_num_frames=33, overlap_history=9, num_steps=3,

@@ -37,6 +37,7 @@ class SkyReelsDFOptions:
     causal_block_size: int | None = option(None, "SkyReels-V2 DF: latent frames per causal block (5 with ar_step 5). Default: the transformer's.", kind=int, low=1, optional=True, example=5)
     shift: float | None = option(None, "SkyReels-V2 DF: flow-matching shift of the noise schedule. Default: the scheduler's flow_shift.", low=0, optional=True, example=8.0)
     clean_kv: str | None = option(None, "SkyReels-V2 DF: 'reuse' (default) reads finished blocks' K/V from the cache (exact); 'recompute' forwards every block every step, as diffusers does.", kind=str, choices=("reuse", "recompute"), optional=True, example="recompute")
+    max_sequence_length: int | None = option(None, "SkyReels-V2 DF: prompt tokens given to UMT5 (padded / cut). Default 512.", kind=int, low=1, high=4096, optional=True, example=512)
     fps: int | None = option(None, "SkyReels-V2 DF: frame rate of the output (the model is conditioned on 16 vs other). Default 24.", kind=int, low=1, optional=True, example=24)
 
     def __post_init__(self) -> None:

@@ -200,7 +200,8 @@ def prepare_generation(bundle, config: DFConfig, prompt: str, mode: str, image: 
         first = video_prefix(enc, codec.vae.config.latents_mean, codec.vae.config.latents_std, config.block_frames,
                              codec.dtype)
     with torch.no_grad():
-        texts = bundle.text_encoder.encode([prompt] + ([s.negative_prompt] if s.guidance_scale > 1.0 else []))
+        texts = bundle.text_encoder.encode([prompt] + ([s.negative_prompt] if s.guidance_scale > 1.0 else []),
+                                           max_length=s.max_sequence_length)
         ctx = model.embed_text(texts)  # (1 or 2, Lt, D)
     uncond = ctx[1:2] if s.guidance_scale > 1.0 else None
     h, w = s.height // config.spatial_downsample, s.width // config.spatial_downsample

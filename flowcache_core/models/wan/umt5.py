@@ -41,8 +41,10 @@ class UMT5TextEncoder:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> Tensor:
-        tok = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length", max_length=self.max_length,
+    def encode(self, prompts: list[str], max_length: int | None = None) -> Tensor:
+        """max_length: tokens per prompt (the pipelines' max_sequence_length); default the encoder's (512)."""
+        tok = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length",
+                             max_length=max_length or self.max_length,
                              truncation=True, add_special_tokens=True, return_attention_mask=True,
                              return_tensors="pt")
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)  # (B, max_len)
