@@ -139,5 +139,6 @@ def addnoise_generator(seed: int, device: torch.device | str) -> torch.Generator
 def addnoise(x: Tensor, addnoise_condition: float, generator: torch.Generator) -> Tensor:
     """The DiT input x (C, frames, h, w) of the noised prefix frames, in the DiT's dtype, with fresh noise mixed in."""
     f = 0.001 * addnoise_condition
-    n = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)  # = randn_like(x) on a new tensor
+    # = randn_like(x) on the generator's device (a CPU generator on a GPU run: drawn on the CPU, then moved)
+    n = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
     return x * (1.0 - f) + n * f
