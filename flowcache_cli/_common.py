@@ -13,6 +13,7 @@ from typing import Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand
 
 # Typer >= 0.20 vendors its own click (typer._click); click itself may be installed beside it, or not.
@@ -41,7 +42,8 @@ F = TypeVar("F", bound=Callable)
 
 def fail(message: str) -> "typer.Exit":
     """Print one error line and return the Exit(2) to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # the message is plain text: brackets in it (`pip install -e ".[wan]"`, a JSON list) are not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

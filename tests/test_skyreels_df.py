@@ -273,3 +273,19 @@ def test_sweep_runs_on_a_skyreels_checkpoint(ckpt, tmp_path):
     assert by["flowcache-extrapolate@0"]["psnr_mean"] == "inf"  # threshold 0 reuses nothing: the same video
     assert by["flowcache-extrapolate@0.3"]["computed_chunk_forwards"] < by["none"]["computed_chunk_forwards"]
     assert data["model"]["block_frames"] == 3 and data["model"]["size"] == [32, 32]
+
+
+def test_missing_wan_extra_is_named_in_one_line(ckpt, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_diffusers(name, *args, **kwargs):  # as if the `wan` extra were not installed
+        if name.split(".")[0] == "diffusers":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    line = cli_error(["generate", "--checkpoint-dir", str(ckpt), "--prompt", PROMPT, "--height", "32", "--width",
+                      "32", "--num-frames", "9", "--output-path", str(tmp_path / "o.mp4")])
+    assert 'pip install -e ".[wan]"' in line
