@@ -57,9 +57,9 @@ def evaluate_cmd(
         )  # fmt: skip
     console.print(render(result))
     if not result.lpips_status.startswith("on"):
-        console.print(f"LPIPS {result.lpips_status}", highlight=False, soft_wrap=True)
+        console.print(f"LPIPS {result.lpips_status}", markup=False, highlight=False, soft_wrap=True)
     if output is not None:
-        console.print(f"wrote {output} and {output.with_suffix('.csv')}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {output} and {output.with_suffix('.csv')}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

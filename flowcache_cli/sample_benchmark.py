@@ -68,7 +68,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
         rank_label = f"shard {shard.index}/{shard.count}" if shard.count > 1 else "all"
         show = not quiet and shard.index == 0 if shard.distributed else not quiet
         if note and show:
-            console.print(note, highlight=False, soft_wrap=True)
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
         columns = (TextColumn(f"{benchmark} {rank_label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[last]}"))  # fmt: skip
         with Progress(*columns, console=err_console, disable=not show, transient=True) as progress:
@@ -91,7 +91,7 @@ def _sample(benchmark: str, shard: bm.Shard, build_items, output_dir: Path, chec
     elsewhere = f", {summary.elsewhere} being made by another run on this folder" if summary.elsewhere else ""
     line = (f"{rank_label}: {summary.generated} generated, {summary.skipped} already there{elsewhere} "
             f"({len(items)} in the set), {summary.seconds:.1f}s")  # fmt: skip
-    console.print(line + (f"; manifest {merged}" if merged is not None else ""), highlight=False, soft_wrap=True)
+    console.print(line + (f"; manifest {merged}" if merged is not None else ""), markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- vbench

@@ -107,22 +107,22 @@ def sweep_cmd(
     plot_msg = pareto_plot(result.summaries, out / "sweep_pareto.png",
                            title=f"{len(texts)} prompts x {len(sds)} seeds, {result.model['num_steps']} steps")
     if quiet:
-        console.print(str(json_path), highlight=False, soft_wrap=True)
+        console.print(str(json_path), markup=False, highlight=False, soft_wrap=True)
         return
     wide = console if console.is_terminal else Console(width=max(console.width, 170))  # pipes: don't squeeze columns
     wide.print(render(result, min_psnr, min_ssim, min_psnr_each))
     if result.seed_scale:
         sc = result.seed_scale
         console.print(f"scale: two seeds of none differ by PSNR {fmt_number(sc['psnr_mean'], 2)} dB, SSIM "
-                      f"{fmt_number(sc['ssim_mean'], 3)}", highlight=False, soft_wrap=True)
+                      f"{fmt_number(sc['ssim_mean'], 3)}", markup=False, highlight=False, soft_wrap=True)
     if not result.lpips_status.startswith("on"):
-        console.print(f"LPIPS {result.lpips_status}", highlight=False, soft_wrap=True)
+        console.print(f"LPIPS {result.lpips_status}", markup=False, highlight=False, soft_wrap=True)
     rec = result.recommendation
     console.print(f"recommended: {rec}" if rec else
                   f"recommended: none of the cached settings reaches PSNR >= {min_psnr:g} dB and SSIM >= {min_ssim:g}"
                   + (f" with every run >= {min_psnr_each:g} dB" if min_psnr_each is not None else ""),
-                  highlight=False, soft_wrap=True)
-    console.print(f"wrote {json_path}; {plot_msg}", highlight=False, soft_wrap=True)
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {json_path}; {plot_msg}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
