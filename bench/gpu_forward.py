@@ -18,31 +18,17 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowcache_core.cache.kv import KVAccess, KVStore  # noqa: E402
 from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
 from flowcache_core.models.attention import attend, available_backends  # noqa: E402
 from flowcache_core.models.magi1.dit import ChunkBatch, build_model  # noqa: E402
+from magi_shape import matmul_rate, time_it  # noqa: E402
 
 
 def time_cuda(fn, warmup=2, iters=5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / 1e3)
-    return out
-
-
-def matmul_rate(n=8192) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    t = statistics.median(time_cuda(lambda: a @ b, 3, 10))
-    return 2 * n**3 / t
+    return time_it(fn, "cuda", warmup, iters)  # CUDA events, the same timer as the other MAGI-1 benchmarks
 
 
 def forward_flops(cfg, L: int, n: int, n_cached: int, lc: int) -> float:
@@ -166,7 +152,7 @@ def main() -> None:
     times = time_cuda(fwd, warmup=2, iters=5)
     t = statistics.median(times)
     flops = forward_flops(mc, L, n, n_cached, 120)
-    mm = matmul_rate()
+    mm = matmul_rate("cuda", 8192, warmup=3, iters=10)
     res = {
         "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "layers": mc.num_layers,
         "tokens": n * L, "forward_s_median": t, "forward_s_all": times, "flops": flops,

@@ -110,12 +110,12 @@ def time_it(fn: Callable[[], object], device: str, warmup: int = 2, iters: int =
     return out
 
 
-def matmul_rate(device: str, n: int = 8192) -> float:
+def matmul_rate(device: str, n: int = 8192, warmup: int = 2, iters: int = 5) -> float:
     """FLOP/s of an n³ matmul in the benchmark's dtype (bf16 on a GPU, float32 on the CPU)."""
     dt = torch.bfloat16 if device.startswith("cuda") else torch.float32
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
-    return 2 * n**3 / statistics.median(time_it(lambda: a @ b, device, 2, 5))
+    return 2 * n**3 / statistics.median(time_it(lambda: a @ b, device, warmup, iters))
 
 
 def card(device: str) -> str:

@@ -11,7 +11,6 @@ decoded by the codec as it is emitted; frames (T, H, W, 3) uint8 come back with 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from flowcache_core.engine.events import RunRecord, UnknownWords
 from flowcache_core.engine.family import Bundle, Family, find_family
 from flowcache_core.engine.loop import Generation, run_chunks
 from flowcache_core.errors import FlowcacheError
+from flowcache_core.fileio import read_json_object
 from flowcache_core.models.codec import to_pixels
 from flowcache_core.models.registry import FAMILIES
 
@@ -63,16 +63,7 @@ class GenerationResult:
 
 def read_config_file(path: str | os.PathLike) -> dict:
     """A config file: a JSON object (MAGI-1 schema for MAGI-1 models; `flowcache.cache_defaults` for cache options)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FlowcacheError(f"config file {str(p)!r} does not exist")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlowcacheError(f"config file {str(p)!r} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict):
-        raise FlowcacheError(f"config file {str(p)!r} must hold a JSON object, not {type(data).__name__}")
-    return data
+    return read_json_object(path, "config file")
 
 
 def _cache_defaults(data: dict | None) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import read_json_object
+from flowcache_core.models.wan.vae import vae_factors
 from flowcache_core.schema import Range, check_fields
 
 PIPELINES = ("SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
@@ -78,11 +79,11 @@ class DFConfig:
 
     @property
     def temporal_downsample(self) -> int:
-        return 2 ** sum(bool(x) for x in self.vae.get("temperal_downsample", [False, True, True]))
+        return vae_factors(self.vae)[1]
 
     @property
     def spatial_downsample(self) -> int:
-        return 2 ** len(self.vae.get("temperal_downsample", [False, True, True]))
+        return vae_factors(self.vae)[0]
 
     def replace_settings(self, **changes) -> "DFConfig":
         return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))

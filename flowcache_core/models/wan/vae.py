@@ -24,6 +24,12 @@ from flowcache_core.fileio import read_json_object
 from flowcache_core.models.wan.quiet import quiet_loading
 
 
+def vae_factors(vae_config) -> tuple[int, int]:
+    """(spatial, temporal) compression of a Wan VAE from its config (`temperal_downsample`, diffusers' spelling)."""
+    td = vae_config.get("temperal_downsample", [False, True, True])
+    return 2 ** len(td), 2 ** sum(bool(x) for x in td)
+
+
 def _diffusers():
     try:
         from diffusers import AutoencoderKLWan
@@ -41,8 +47,7 @@ class WanVAECodec:
         self.vae = vae
         cfg = vae.config
         self.latent_channels = int(cfg.z_dim)
-        self.spatial_downsample = 2 ** len(cfg.temperal_downsample)
-        self.temporal_downsample = 2 ** sum(bool(x) for x in cfg.temperal_downsample)
+        self.spatial_downsample, self.temporal_downsample = vae_factors(cfg)
         self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(-1, 1, 1, 1)  # (C, 1, 1, 1)
         self.std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(-1, 1, 1, 1)
         if self.mean.shape[0] != self.latent_channels or self.std.shape[0] != self.latent_channels:
