@@ -158,10 +158,8 @@ class DFGeneration:
             v_unc, _ = call(self.uncond, KVAccess(store, (UNCOND,), UNCOND), None)
             v = v_unc + self.guidance * (v - v_unc)
             passes = 2
-        velocities = {}
-        for i, c in enumerate(ids):
-            if any(r.chunk_id == c and not r.clean for r in rows):
-                velocities[c] = v[:, i * B : (i + 1) * B]
+        denoising = {r.chunk_id for r in rows if not r.clean}
+        velocities = {c: v[:, i * B : (i + 1) * B] for i, c in enumerate(ids) if c in denoising}
         return velocities, len(ids) * self.tokens_per_chunk * passes, (queries or None)
 
 
