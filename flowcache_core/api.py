@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from flowcache_core.cache.kv import KVStore
+from flowcache_core.cache.policy import CachePolicy
 from flowcache_core.cache.kv_memory import tokens_for_bytes
 from flowcache_core.checks import check_device, check_seed
 from flowcache_core.cache.settings import CacheConfig, ResolvedCache, resolve_cache
@@ -165,7 +166,7 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
              request: Request | None = None, bundle: Bundle | None = None,
              on_event: Callable[[object], None] | None = None,
              on_frames: Callable[[np.ndarray, int], None] | None = None, keep_frames: bool = True,
-             **kwargs: Any) -> GenerationResult:
+             policy: CachePolicy | None = None, **kwargs: Any) -> GenerationResult:
     """Generate a video. `image` is (H, W, 3) uint8 for i2v; `prefix_video` (T, H, W, 3) uint8 for v2v.
 
     Either a `request` from `resolve`, or `resolve`'s arguments (mode, cache, checkpoint_dir, config_file, seed,
@@ -206,7 +207,7 @@ def generate(prompt: str = "", *, image: np.ndarray | None = None, prefix_video:
     keep = getattr(gen, "output_frames", None)  # whole chunks were generated: drop the frames past the request
     skip = getattr(gen, "output_skip", 0)  # frames that repeat a given video (decoded for the codec's state only)
     decoded = 0  # frames decoded so far: the output is decoded[skip:keep]
-    for _, lat in run_chunks(gen, request.cache.make_policy(), store, record, emit):
+    for _, lat in run_chunks(gen, policy if policy is not None else request.cache.make_policy(), store, record, emit):
         px = to_pixels(decode(lat.float()))
         lo, hi = max(skip - decoded, 0), len(px) if keep is None else min(len(px), keep - decoded)
         decoded += len(px)

@@ -112,3 +112,29 @@ def test_a_budget_that_never_needs_room_leaves_the_run_unchanged(tiny_bundle_dir
     assert capped.record.compressions == 0
     assert torch.equal(free.latents, capped.latents)
     assert free.record.computed == capped.record.computed
+
+
+def test_compression_frees_each_layers_merged_chunks_before_the_next_layer():
+    """The first compression moves nearly the whole store into the blocks: done layer by layer, what is held in
+    flight is the store plus one layer's new block, never a second copy of every layer (the GPU peak of a budget)."""
+    from flowcache_core.cache.kv_sink_window import SinkWindowKV
+
+    layers, tpc, held = 6, 8, []
+
+    class Watching(SinkWindowKV):
+        def select(self, keys, positions, queries, **kw):
+            held.append(s.count_bytes())  # what the slots and blocks hold while this layer is being merged
+            return super().select(keys, positions, queries, **kw)
+
+    s = KVStore(layers, budget_tokens=5 * tpc, policy=Watching(), tokens_per_chunk=tpc, tokens_per_frame=4)
+    g = torch.Generator().manual_seed(0)
+    for c in range(5):
+        for layer in range(layers):
+            s.write(layer, "cond", c, torch.randn(tpc, 2, 4, generator=g), torch.randn(tpc, 2, 4, generator=g))
+    before = s.nbytes()
+    assert s.make_room(tpc, [0, 1, 2, 3], {})
+    per_layer = before // layers
+    assert len(held) == layers
+    # layer i is merged while layers < i already hold their (smaller) blocks and no longer their slots
+    assert all(h <= before for h in held) and held[-1] < before - (layers - 2) * per_layer // 8
+    assert s.count_bytes() == s.nbytes() < before

@@ -218,9 +218,11 @@ class KVStore:
             old = self._compressed[layer]
             self._compress_layer(layer, movable, keep, queries.get(layer))
             self._bytes += self._size(self._compressed[layer]) - self._size(old)
+            # the merged chunks' slots go layer by layer: the memory in flight is one layer's old and new tokens,
+            # not a second copy of the whole store (which the first event, where nearly all of it moves, would be)
+            for c in movable:
+                self._remove(self._slots[layer], ("cond", c))
         self.compressed_chunks.update(movable)
-        for c in movable:
-            self.drop("cond", c)
         self.peak_bytes = max(self.peak_bytes, self._bytes)
         self.compressions += 1
         kept = self._compressed[0].keys.shape[0] if self._compressed[0] is not None else 0
