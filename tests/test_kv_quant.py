@@ -5,7 +5,10 @@ errors a bf16 model already has: K/V stored in bf16, and attention computed in b
 own error: measured 3.0-3.9x bf16 storage's error and 2.0-2.5x bf16 compute's at head dims 32-128 (the
 ratio grows with head dim). No 8-bit code can: bf16 keeps 8 significant bits per element (RMS relative error
 about 2^-8/sqrt(3)), while int8 spends its 8 bits on a uniform grid whose step is set by the largest of the head's
-elements (RMS error max|x|/(127*sqrt(12)), 2.5-3 sigma / 440 for a Gaussian head). What the test holds it to: the
+elements (RMS error max|x|/(127*sqrt(12)), 2.5-3 sigma / 440 for a Gaussian head). Nor can any other code at
+about half of bf16's bytes: a Gaussian source coded at R bits per element keeps an RMS error of at least
+sigma * 2^-R (Shannon's distortion-rate function; int8 with one scale per token and head spends R = 8 (hd + 2) / hd),
+above bf16's own rounding error, which would need R >= 9.2 (tested below). What the test holds it to: the
 envelope above with a margin, well inside torch.testing's bf16 tolerance (rtol 1.6e-2), and several times
 better than the other one-byte format, float8 e4m3 with the same scales.
 """
@@ -59,6 +62,21 @@ def test_int8_attention_error_against_bf16s_own(hd, seed):
     assert int8 <= 4.25 * bf16_stored and int8 <= 2.75 * bf16_computed  # the measured envelope (module doc)
     assert int8 < BF16_RTOL / 1.5
     assert int8 < fp8 / 3
+
+
+@pytest.mark.parametrize("hd", [32, 64, 128])
+def test_no_code_at_int8s_rate_can_reach_bf16s_error_on_gaussian_kv(hd):
+    """The premise of the envelope above: bf16's rounding error on Gaussian K/V is below the distortion-rate bound
+    sigma * 2^-R of every code at int8's rate R (codes plus one bf16 scale per token and head): 1.7x below it at head
+    dim 32, 2.2x at 128."""
+    x = torch.randn(4096, 4, hd, generator=torch.Generator().manual_seed(hd), dtype=torch.float64)
+    bf16_rms = float((x.float().bfloat16().double() - x).pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
+    rate = 8 * Int8Quant().bytes_per_token(1, hd, torch.bfloat16) / hd  # bits per element
+    assert rate == pytest.approx(8 * (hd + 2) / hd)
+    bound = 2.0 ** -rate  # the least RMS error (relative to sigma) of any code at that rate
+    assert bf16_rms < bound / 1.6
+    int8_rms = float((through_store(x.float(), x.float(), Int8Quant())[0].double() - x).pow(2).mean().sqrt())
+    assert bound < int8_rms < 2.5 * bound  # int8 itself: within 2.5x of the bound
 
 
 def test_int8_round_trip_is_within_half_a_step_and_keeps_the_dtype():
