@@ -14,7 +14,6 @@ Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -26,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-release fixture
-from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
-from flowcache_core.models.magi1.vae import ViTVAEConfig  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from magi_shape import end_to_end_parts  # noqa: E402
 from fixtures.random_release import write_random_release, write_random_t5  # noqa: E402
 
 VARIANT = "4.5B_distill"
@@ -36,12 +35,7 @@ VARIANT = "4.5B_distill"
 def build(root: Path, tiny: bool) -> None:
     """tiny: a 2-layer DiT and a 1-layer VAE on the CPU, to smoke-test this script."""
     t = time.perf_counter()
-    cfg = magi_4_5b(distill=True)
-    vae = ViTVAEConfig()
-    if tiny:
-        cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                                        num_query_groups=2, kv_channels=8, caption_channels=32)
-        vae = ViTVAEConfig(embed_dim=256, depth=1, num_heads=4, video_size=64, video_length=8)
+    cfg, vae = end_to_end_parts(tiny)
     ok = write_random_release(root, {VARIANT: cfg}, vae, dtype=torch.float32 if tiny else torch.bfloat16,
                               device="cpu" if tiny else "cuda", max_shard_bytes=5 * 2**30, output_std=0.01,
                               t5=lambda d, dim: write_random_t5(d, dim, layers=2, heads=8, d_kv=64, d_ff=1024))

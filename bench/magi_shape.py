@@ -22,6 +22,19 @@ from flowcache_core.models.magi1.config import MagiConfig, ModelConfig, magi_4_5
 from flowcache_core.models.magi1.dit import ChunkBatch, VideoDiT  # noqa: E402
 
 
+def end_to_end_parts(tiny: bool) -> tuple[MagiConfig, object]:
+    """The 4.5B-distill config and the published ViT VAE config of the end-to-end benchmarks, or (tiny) a 2-layer DiT
+    of width 64 and a 1-layer VAE that smoke-test those scripts on the CPU. (config, ViTVAEConfig)"""
+    from flowcache_core.models.magi1.vae import ViTVAEConfig
+
+    cfg = magi_4_5b(distill=True)
+    if not tiny:
+        return cfg, ViTVAEConfig()
+    cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
+                                    num_query_groups=2, kv_channels=8, caption_channels=32)
+    return cfg, ViTVAEConfig(embed_dim=256, depth=1, num_heads=4, video_size=64, video_length=8)
+
+
 @dataclasses.dataclass
 class Shape:
     """A forward's shape: the window (n chunks of cw frames of h/2 x h/2 patches) and the cached chunks."""

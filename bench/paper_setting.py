@@ -20,7 +20,6 @@ it detached (`setsid`) and collect the JSON in the next call; the README of the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random T5 of the release fixture
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flowcache_core.api import generate  # noqa: E402
 from flowcache_core.cache.flowcache import FlowCacheConfig  # noqa: E402
 from flowcache_core.cache.policy import CachePolicy, ChunkDecision, ChunkStep  # noqa: E402
@@ -94,17 +94,12 @@ def record(out: Path) -> None:
 def build_bundle(tiny: bool, device: str, work: Path) -> Bundle:
     """The 4.5B-distill DiT, the published-size ViT VAE and a small T5, random, built in memory (no release on disk)."""
     from fixtures.random_release import write_random_t5
-    from flowcache_core.models.magi1.config import magi_4_5b
     from flowcache_core.models.magi1.dit import build_model
     from flowcache_core.models.magi1.t5 import T5TextEncoder
-    from flowcache_core.models.magi1.vae import MagiVAECodec, ViTVAE, ViTVAEConfig
+    from flowcache_core.models.magi1.vae import MagiVAECodec, ViTVAE
+    from magi_shape import end_to_end_parts
 
-    cfg = magi_4_5b(distill=True)
-    vae_cfg = ViTVAEConfig()
-    if tiny:
-        cfg.model = dataclasses.replace(cfg.model, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=8,
-                                        num_query_groups=2, kv_channels=8, caption_channels=32)
-        vae_cfg = ViTVAEConfig(embed_dim=256, depth=1, num_heads=4, video_size=64, video_length=8)
+    cfg, vae_cfg = end_to_end_parts(tiny)
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     model = build_model(cfg.model, device=device, dtype=dtype, seed=0)

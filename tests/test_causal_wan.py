@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("ftfy")
 
 from flowcache_cli.main import make_app  # noqa: E402
+from fixtures.cli import cli_error  # noqa: E402
 from flowcache_core.api import generate, make_store, resolve  # noqa: E402
 from flowcache_core.cache.kv import KVStore  # noqa: E402
 from flowcache_core.cache.registry import POLICIES  # noqa: E402
@@ -138,14 +139,6 @@ def test_generator_files_are_checked_strictly(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FlowcacheError, match=r"not a torch checkpoint loadable with weights_only=True"):
         read_generator(tmp_path / "bad.pt", None)
-
-
-def cli_error(args: list[str]) -> str:
-    r = runner.invoke(make_app(), args)
-    assert r.exit_code == 2, r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    return lines[0]
 
 
 def test_bad_folders_and_options_are_one_line(ckpt, tmp_path):

@@ -22,6 +22,7 @@ pytest.importorskip("ftfy")
 from PIL import Image  # noqa: E402
 
 from flowcache_cli.main import make_app  # noqa: E402
+from fixtures.cli import cli_error  # noqa: E402
 from flowcache_core.api import generate  # noqa: E402
 from flowcache_core.cache.settings import CacheConfig  # noqa: E402
 from flowcache_core.models.skyreels_df.synthetic import write_checkpoint  # noqa: E402
@@ -187,14 +188,6 @@ def test_cli_generates_each_mode_with_each_policy(ckpt, tmp_path, mode, policy):
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log and all(e["tokens_forwarded"] >= 0 for e in log)
     assert sum(e["tokens_forwarded"] for e in log) > 0
-
-
-def cli_error(args: list[str]) -> str:
-    r = runner.invoke(make_app(), args)
-    assert r.exit_code == 2, r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    return lines[0]
 
 
 def test_bad_checkpoints_are_one_line(ckpt, tmp_path):

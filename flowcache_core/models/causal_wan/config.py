@@ -32,7 +32,7 @@ from pathlib import Path
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import read_json_object
-from flowcache_core.models.wan.vae import vae_factors
+from flowcache_core.models.wan.vae import WanFamilyConfig
 from flowcache_core.models.wan.config import WanDiTConfig, read_transformer_config
 from flowcache_core.schema import Range, check_fields
 
@@ -73,7 +73,7 @@ LIMITS = {
 
 
 @dataclass
-class CausalWanConfig:
+class CausalWanConfig(WanFamilyConfig):
     """A checkpoint folder (its files and the DiT's shape) and the settings a request runs with."""
 
     path: Path
@@ -86,19 +86,6 @@ class CausalWanConfig:
     cache_defaults: dict | None = None
     lora: Path | None = None  # LongLive's LoRA (PEFT state dict), merged into the generator when loading
     lora_alpha: float | None = None  # its alpha (None: its rank, scale 1, as LongLive's configs)
-
-    @property
-    def temporal_downsample(self) -> int:
-        return vae_factors(self.vae)[1]
-
-    @property
-    def spatial_downsample(self) -> int:
-        return vae_factors(self.vae)[0]
-
-    def replace_settings(self, **changes) -> "CausalWanConfig":
-        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
-
-
 
 
 def _generators(path: Path) -> list[Path]:

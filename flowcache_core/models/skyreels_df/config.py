@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flowcache_core.errors import FlowcacheError
 from flowcache_core.fileio import read_json_object
-from flowcache_core.models.wan.vae import vae_factors
+from flowcache_core.models.wan.vae import WanFamilyConfig
 from flowcache_core.schema import Range, check_fields
 
 PIPELINES = ("SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2DiffusionForcingImageToVideoPipeline",
@@ -59,7 +59,7 @@ LIMITS = {
 
 
 @dataclass
-class DFConfig:
+class DFConfig(WanFamilyConfig):
     """A checkpoint (its folder and component configs) and the settings a request runs with."""
 
     path: Path
@@ -76,17 +76,6 @@ class DFConfig:
         """Latent frames per causal block: causal_block_size, else the transformer's num_frame_per_block."""
         s = self.settings.causal_block_size
         return int(s if s is not None else self.transformer.get("num_frame_per_block", 1))
-
-    @property
-    def temporal_downsample(self) -> int:
-        return vae_factors(self.vae)[1]
-
-    @property
-    def spatial_downsample(self) -> int:
-        return vae_factors(self.vae)[0]
-
-    def replace_settings(self, **changes) -> "DFConfig":
-        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
 
 def is_df_folder(path: Path) -> bool:

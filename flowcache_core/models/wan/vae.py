@@ -14,6 +14,7 @@ Facts (diffusers 0.42 `autoencoder_kl_wan.py`, SkyReels-V2 / Wan pipelines):
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -28,6 +29,23 @@ def vae_factors(vae_config) -> tuple[int, int]:
     """(spatial, temporal) compression of a Wan VAE from its config (`temperal_downsample`, diffusers' spelling)."""
     td = vae_config.get("temperal_downsample", [False, True, True])
     return 2 ** len(td), 2 ** sum(bool(x) for x in td)
+
+
+class WanFamilyConfig:
+    """What the configs of the Wan-based families (SkyReels-V2 DF, causal Wan) derive alike from their `vae` (the VAE's
+    config.json) and `settings` (a dataclass of the request's settings) fields."""
+
+    @property
+    def temporal_downsample(self) -> int:
+        return vae_factors(self.vae)[1]
+
+    @property
+    def spatial_downsample(self) -> int:
+        return vae_factors(self.vae)[0]
+
+    def replace_settings(self, **changes):
+        """A copy with these settings changed."""
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
 
 
 def _diffusers():
