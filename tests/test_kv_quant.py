@@ -79,6 +79,16 @@ def test_no_code_at_int8s_rate_can_reach_bf16s_error_on_gaussian_kv(hd):
     assert bound < int8_rms < 2.5 * bound  # int8 itself: within 2.5x of the bound
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_int8_decode_is_code_times_scale_rounded_once(dtype):
+    """The one-kernel decode gives exactly the float32 product rounded once to the written dtype."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(400, 4, 64, generator=g) * torch.logspace(-4, 4, 400)[:, None, None]).to(dtype)
+    enc = Int8Quant().encode(x)
+    out = Int8Quant().decode(enc)
+    assert out.dtype == dtype and torch.equal(out, (enc.codes.float() * enc.scales.float()).to(dtype))
+
+
 def test_int8_round_trip_is_within_half_a_step_and_keeps_the_dtype():
     x = torch.randn(300, 4, 64, dtype=torch.float32) * torch.logspace(-3, 3, 300)[:, None, None]
     q = Int8Quant()
