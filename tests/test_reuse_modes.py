@@ -68,3 +68,33 @@ def test_guard_options_are_validated():
         FlowCacheConfig(extrapolate_max_scale=0.5)
     with pytest.raises(FlowcacheError):
         FlowCacheConfig(extrapolate_max_change=-1.0)
+
+
+def test_generate_runs_a_policy_object_of_ones_own(tiny_bundle_dir):
+    """`generate(policy=...)`: the loop asks the given object, not the request's cache, and reuses by its rule."""
+    from flowcache_core.api import generate
+    from flowcache_core.cache.policy import CachePolicy
+    from flowcache_core.cache.settings import CacheConfig
+    from flowcache_core.models.magi1.bundle import load_bundle
+
+    class OddStepsReused(CachePolicy):
+        feature = None
+
+        def __init__(self):
+            super().__init__(FlowCacheConfig(reuse="velocity"))
+            self.asked = 0
+
+        def decide(self, steps):
+            self.asked += len(steps)
+            return [ChunkDecision(s.chunk_id, s.step % 2 == 0 or s.is_last_step, "threshold") for s in steps]
+
+    b = load_bundle(tiny_bundle_dir)
+    policy = OddStepsReused()
+    kw = dict(bundle=b, seed=0, num_frames=8, num_steps=8, cache=CacheConfig("none"))
+    own = generate("a red square", policy=policy, **kw)
+    plain = generate("a red square", **kw)
+    r = own.record
+    chunks = len(r.computed)
+    assert policy.asked == chunks * 8 and r.reused == {c: 3 for c in r.computed}  # steps 1, 3, 5 of 8
+    assert r.computed == {c: 5 for c in r.computed} and plain.record.reused == {}
+    assert not torch.equal(own.latents, plain.latents)
