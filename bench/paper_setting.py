@@ -11,7 +11,7 @@ same interface), 720x720, 240 frames (10 chunks of 24), 64 steps, one guidance p
 Per run: wall time (model built and warmed up before; the VAE decode of every chunk and the text encoder inside),
 forwards, chunk-forwards computed, realized speedup (wall) vs ideal (chunk-forwards), peak GPU memory, per-forward
 times. JSON is rewritten after every run. The uncached run takes about as long as one device call may (600 s): run
-it detached (`setsid`) and collect the JSON in the next call; the README of the results says how it was run.
+it detached (`setsid`) and collect the JSON in the next call (docs/PERFORMANCE.md says how it was run).
 
     python bench/paper_setting.py record --out bench/results/paper_setting_pattern.json      # CPU, default model
     python bench/paper_setting.py run --pattern bench/results/paper_setting_pattern.json --out /tmp/paper.json
