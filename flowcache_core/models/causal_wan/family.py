@@ -19,10 +19,12 @@ from flowcache_core.errors import FlowcacheError
 from flowcache_core.models.causal_wan.config import (
     FAMILY, LIMITS, CausalWanConfig, CausalWanSettings, check_settings, is_causal_wan_folder, read_checkpoint,
 )  # fmt: skip
+from flowcache_core.models.wan.requests import check_prefix_video, overlay_config_file, refuse_variant
 from flowcache_core.schema import check_value
 
 SETTING_TYPES = typing.get_type_hints(CausalWanSettings)
 MODES = ("t2v", "v2v")
+WHAT = "a causal Wan checkpoint"
 
 
 @dataclass
@@ -47,22 +49,13 @@ class CausalWanFamily:
         return is_causal_wan_folder(path)
 
     def read_config(self, path: Path, variant: str | None) -> CausalWanConfig:
-        if variant is not None:
-            raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; "
-                                 f"{str(path)!r} is a causal Wan checkpoint")
+        refuse_variant(variant, path, WHAT)
         return read_checkpoint(path)
 
     def apply(self, config: CausalWanConfig, config_file: dict | None, source: str, *, spelled: dict[str, str],
               num_steps=None, num_frames=None, height=None, width=None, seed=None, **opts) -> CausalWanConfig:
         """A config file's `inference` (their inference settings), then the request's options."""
-        if config_file is not None:
-            unknown = sorted(set(config_file) - {"inference", "flowcache"})
-            if unknown:
-                raise FlowcacheError(f"{source}: key {unknown[0]!r} unknown for a causal Wan checkpoint "
-                                     f"(allowed: inference, flowcache)")
-            if "inference" in config_file:
-                check_settings(config_file["inference"], source)
-                config = config.replace_settings(**config_file["inference"])
+        config = overlay_config_file(config, config_file, source, "inference", WHAT, check_settings)
         if num_steps is not None and num_steps != len(config.settings.denoising_step_list):
             raise FlowcacheError(f"{spelled.get('num_steps', 'num_steps')}={num_steps}: this checkpoint denoises in "
                                  f"{len(config.settings.denoising_step_list)} steps (its denoising_step_list "
@@ -92,11 +85,7 @@ class CausalWanFamily:
         if mode not in MODES:
             raise FlowcacheError(f"mode {mode!r}: a causal Wan checkpoint runs {', '.join(MODES)}")
         if mode == "v2v":
-            if prefix_video is None:
-                raise FlowcacheError("v2v needs --prefix-video")
-            if prefix_video.shape[1:3] != (s.height, s.width):
-                raise FlowcacheError(f"prefix video is {prefix_video.shape[2]}x{prefix_video.shape[1]}, the video "
-                                     f"is {s.width}x{s.height}")
+            check_prefix_video(s, prefix_video)
             from flowcache_core.models.causal_wan.generation import prefix_video_frames
 
             prefix_video_frames(config, prefix_video.shape[0])

@@ -18,9 +18,11 @@ from flowcache_core.errors import FlowcacheError
 from flowcache_core.models.skyreels_df.config import (
     DFConfig, DFSettings, LIMITS, check_settings, is_df_folder, read_checkpoint,
 )  # fmt: skip
+from flowcache_core.models.wan.requests import check_prefix_video, overlay_config_file, refuse_variant
 from flowcache_core.schema import check_value
 
 SETTING_TYPES = typing.get_type_hints(DFSettings)
+WHAT = "a SkyReels-V2 DF checkpoint"
 
 
 @dataclass
@@ -52,22 +54,13 @@ class SkyReelsDFFamily:
         return is_df_folder(path)
 
     def read_config(self, path: Path, variant: str | None) -> DFConfig:
-        if variant is not None:
-            raise FlowcacheError(f"--variant {variant!r} applies to MAGI-1 release directories only; "
-                                 f"{str(path)!r} is a SkyReels-V2 DF checkpoint")
+        refuse_variant(variant, path, WHAT)
         return read_checkpoint(path)
 
     def apply(self, config: DFConfig, config_file: dict | None, source: str, *, spelled: dict[str, str],
               num_steps=None, num_frames=None, height=None, width=None, seed=None, **opts) -> DFConfig:
         """A config file's `pipeline_kwargs` (the DF pipeline's call arguments), then the request's options."""
-        if config_file is not None:
-            unknown = sorted(set(config_file) - {"pipeline_kwargs", "flowcache"})
-            if unknown:
-                raise FlowcacheError(f"{source}: key {unknown[0]!r} unknown for a SkyReels-V2 DF checkpoint "
-                                     f"(allowed: pipeline_kwargs, flowcache)")
-            if "pipeline_kwargs" in config_file:
-                check_settings(config_file["pipeline_kwargs"], source)
-                config = config.replace_settings(**config_file["pipeline_kwargs"])
+        config = overlay_config_file(config, config_file, source, "pipeline_kwargs", WHAT, check_settings)
         clean_kv = opts.pop("clean_kv", None)
         if clean_kv is not None:
             check_value(clean_kv, str, spelled.get("clean_kv", "clean_kv"))
@@ -126,11 +119,7 @@ class SkyReelsDFFamily:
                 raise FlowcacheError(f"image is {image.shape[1]}x{image.shape[0]}, the video is {s.width}x{s.height} "
                                      f"(resize it or pass --width/--height)")
         elif mode == "v2v":
-            if prefix_video is None:
-                raise FlowcacheError("v2v needs --prefix-video")
-            if prefix_video.shape[1:3] != (s.height, s.width):
-                raise FlowcacheError(f"prefix video is {prefix_video.shape[2]}x{prefix_video.shape[1]}, the video "
-                                     f"is {s.width}x{s.height}")
+            check_prefix_video(s, prefix_video)
             if prefix_video.shape[0] < 1:
                 raise FlowcacheError("prefix video has no frames")
 
