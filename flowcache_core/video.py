@@ -104,44 +104,18 @@ def write_video(
     """
     path = check_output_path(path)
     frames = _check_frames(frames)
-    if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
-        raise FlowcacheError(f"fps must be a positive number, got {fps!r}")
-    if crf is not None and not (0 <= int(crf) <= 51):
-        raise FlowcacheError(f"crf must be in 0..51, got {crf}")
-    t, h, w, _ = frames.shape
-    if lossless:
-        codec = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
-    else:
-        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row/column
-            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        crf_value = DEFAULT_CRF if crf is None else int(crf)
-        codec = ["-c:v", "libx264", "-preset", "medium", "-crf", str(crf_value), "-pix_fmt", "yuv420p"]
-    ph, pw = frames.shape[1:3]
-    rate = str(Fraction(fps).limit_denominator(1001 * 1000))
+    _check_fps(fps)
     try:
-        _encode(path, frames, rate, codec, pw, ph, w, h)
-    except OSError as e:  # e.g. ENOSPC, or no process could be started: the temp file is gone already
+        with VideoStream(path, fps, crf=crf, lossless=lossless) as out:
+            out.write(frames)
+    except OSError as e:  # e.g. ENOSPC: the temp file is gone already
         raise FlowcacheError(f"cannot write video {path}: {e.strerror or e}") from None
     return path
 
 
-def _encode(path: Path, frames: np.ndarray, rate: str, codec: list[str], pw: int, ph: int, w: int, h: int) -> None:
-    with atomic_write(path, ".mp4") as tmp:
-        cmd = _command(tmp, rate, codec, pw, ph, w, h)
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                for frame in frames:
-                    proc.stdin.write(frame.tobytes())
-            except BrokenPipeError:
-                pass
-            finally:
-                proc.stdin.close()
-                rc = proc.wait()
-            err.seek(0)
-            stderr = err.read().decode("utf-8", "replace")
-        if rc != 0:
-            raise FlowcacheError(f"cannot write video {path}: ffmpeg: {_ffmpeg_reason(stderr)}")
+def _check_fps(fps) -> None:
+    if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise FlowcacheError(f"fps must be a positive number, got {fps!r}")
 
 
 class VideoStream:
@@ -171,8 +145,7 @@ class VideoStream:
         return self
 
     def _start(self, h: int, w: int, fps: float) -> None:
-        if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
-            raise FlowcacheError(f"fps must be a positive number, got {fps!r}")
+        _check_fps(fps)
         if self.lossless:
             codec = ["-c:v", "libx264rgb", "-qp", "0", "-pix_fmt", "rgb24"]
         else:
@@ -196,9 +169,11 @@ class VideoStream:
             raise FlowcacheError(f"video {self.path}: frames of {w}x{h} after frames of {self.size[1]}x{self.size[0]}")
         if not self.lossless and (h % 2 or w % 2):  # yuv420p needs even sizes: repeat the last row/column
             frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if not self._broken:
+        for frame in frames:  # a frame at a time: no second copy of the batch in memory
+            if self._broken:
+                break
             try:
-                self._proc.stdin.write(frames.tobytes())
+                self._proc.stdin.write(frame.tobytes())
             except BrokenPipeError:  # ffmpeg stopped: its reason is reported when the stream closes
                 self._broken = True
         self.frames += t
