@@ -39,37 +39,38 @@ WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_
 PREFIXES = ("model.",)  # their WanDiffusionWrapper holds the DiT as `model`
 
 
+_TOP_BACK, _BLOCK_BACK = {v: k for k, v in _TOP.items()}, {v: k for k, v in _BLOCK.items()}
+
+
+def _rename(name: str, top: dict, block: dict, head_modulation: tuple[str, str],
+            block_modulation: tuple[str, str]) -> str | None:
+    """`name` through one direction of the map (tables and the modulation names, from -> to); None if unknown."""
+    if name == head_modulation[0]:
+        return head_modulation[1]
+    m = re.fullmatch(rf"blocks\.(\d+)\.{re.escape(block_modulation[0])}", name)
+    if m:
+        return f"blocks.{m.group(1)}.{block_modulation[1]}"
+    m = _BLOCK_KEY.fullmatch(name)
+    if m and m.group(2) in block:
+        return f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"
+    m = _TOP_KEY.fullmatch(name)
+    if m and m.group(1) in top:
+        return f"{top[m.group(1)]}.{m.group(2)}"
+    return None
+
+
 def to_ours(name: str) -> str | None:
     """Our (diffusers) name of an original Wan parameter; None if it is not one."""
-    if name == "head.modulation":
-        return "scale_shift_table"
-    m = re.fullmatch(r"blocks\.(\d+)\.modulation", name)
-    if m:
-        return f"blocks.{m.group(1)}.scale_shift_table"
-    m = _BLOCK_KEY.fullmatch(name)
-    if m and m.group(2) in _BLOCK:
-        return f"blocks.{m.group(1)}.{_BLOCK[m.group(2)]}.{m.group(3)}"
-    m = _TOP_KEY.fullmatch(name)
-    if m and m.group(1) in _TOP:
-        return f"{_TOP[m.group(1)]}.{m.group(2)}"
-    return None
+    return _rename(name, _TOP, _BLOCK, ("head.modulation", "scale_shift_table"), ("modulation", "scale_shift_table"))
 
 
 def to_original(name: str) -> str:
     """The inverse of `to_ours` (tests and the synthetic checkpoint writer)."""
-    if name == "scale_shift_table":
-        return "head.modulation"
-    m = re.fullmatch(r"blocks\.(\d+)\.scale_shift_table", name)
-    if m:
-        return f"blocks.{m.group(1)}.modulation"
-    inv_block, inv_top = {v: k for k, v in _BLOCK.items()}, {v: k for k, v in _TOP.items()}
-    m = _BLOCK_KEY.fullmatch(name)
-    if m and m.group(2) in inv_block:
-        return f"blocks.{m.group(1)}.{inv_block[m.group(2)]}.{m.group(3)}"
-    m = _TOP_KEY.fullmatch(name)
-    if m and m.group(1) in inv_top:
-        return f"{inv_top[m.group(1)]}.{m.group(2)}"
-    raise KeyError(name)
+    out = _rename(name, _TOP_BACK, _BLOCK_BACK, ("scale_shift_table", "head.modulation"),
+                  ("scale_shift_table", "modulation"))
+    if out is None:
+        raise KeyError(name)
+    return out
 
 
 def read_generator(path: Path, key: str | None) -> dict[str, torch.Tensor]:
