@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None, help="fewer layers for a quick look (FLOPs scale)")
     ap.add_argument("--profile", action="store_true", help="also: one forward under torch.profiler, top kernels")
     ap.add_argument("--skip-cost", action="store_true", help="also: forwards with 1..4 computed chunks, policy and compressor overhead")
+    ap.add_argument("--also-flash", action="store_true",
+                    help="also: the same forward with --attn-backend flash (flash-attn 4 or 2), where it imports")
     a = ap.parse_args()
     dev = "cuda"
     cfg = magi_4_5b(distill=True)
@@ -159,7 +161,16 @@ def main() -> None:
         "tflops": flops / t / 1e12, "matmul_tflops": mm / 1e12, "mfu_vs_matmul": flops / t / mm,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "attention_rel_err_vs_fp64": attention_agreement(), "backends": available_backends(),
+        "attn_backend": model.attn_backend,
     }
+    if a.also_flash and "flash" in available_backends():  # same model, batch and store; only the kernel differs
+        from flowcache_core.models.attention import _flash_fn
+
+        model.attn_backend = "flash"
+        ft = statistics.median(time_cuda(fwd, warmup=2, iters=5))  # the first warm-up also compiles (flash-attn 4)
+        model.attn_backend = "sdpa"
+        res["flash"] = {"kernel": _flash_fn()[0], "forward_s_median": ft, "tflops": flops / ft / 1e12,
+                        "vs_sdpa": t / ft}
     if a.profile:  # where the time of one forward goes, by kernel
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -177,6 +188,8 @@ def main() -> None:
         v = res[k]
         print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
     print(f"{'attention rel err':24s} {res['attention_rel_err_vs_fp64']}")
+    if "flash" in res:
+        print(f"{'flash forward':24s} {res['flash']}")
     for k in ["forward_s_by_computed_chunks", "skipped_chunk_cost_vs_computed", "policy_s_per_forward",
               "compression_s", "compression_by_query_granularity", "overhead_vs_full_forward"]:
         if k in res:

@@ -68,6 +68,23 @@ def test_cached_kv_equals_recomputed(model):
 
 
 @torch.no_grad()
+def test_the_residual_stream_is_token_major_in_memory(model):
+    """Every layer reads and returns (B, n, L, D) stored token-major: a channel-major stream (the conv's layout
+    seen through a rearranged view) makes each residual add a transposed copy on the GPU."""
+    feats = model.embed_patches(make_batch(model.cfg, 2).x)
+    assert feats.is_contiguous()
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, args, out: seen.append((args[0].is_contiguous(), out.is_contiguous())))
+             for layer in model.videodit_blocks.layers]
+    try:
+        model(make_batch(model.cfg, 2))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [(True, True)] * model.cfg.num_layers
+
+
+@torch.no_grad()
 def test_kv_range_limits_what_a_chunk_sees(model):
     b2 = make_batch(model.cfg, 3, starts=[0, 1, 1])  # now nobody but chunk 0 sees chunk 0
     o1 = model(b2)

@@ -132,6 +132,23 @@ def test_cached_forward_equals_full_forward():
     assert rel_err(out[:, :, :bf], full[:, :, :bf]) <= 1e-5 and rel_err(out[:, :, bf:], window) <= 1e-5
 
 
+@torch.no_grad()
+def test_the_residual_stream_is_token_major_in_memory():
+    """Each block reads and returns (B, F, P, D) stored token-major (see the MAGI-1 test of the same name)."""
+    model = random_model(tiny_cfg())
+    x, t, text = inputs()
+    assert model.embed_patches(x).is_contiguous()
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, args, out: seen.append((args[0].is_contiguous(), out.is_contiguous())))
+             for b in model.blocks]
+    try:
+        model(x, t, model.embed_text(text), block_frames=2, fps=24)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [(True, True)] * len(model.blocks)
+
+
 def test_forward_refuses_a_broken_contract():
     model = random_model(tiny_cfg())
     x, t, text = inputs()

@@ -374,7 +374,9 @@ class VideoDiT(nn.Module):
             x = torch.cat([x, x], dim=1)
         w = self.x_embedder.weight
         e = F.conv3d(x.to(w.dtype), w, stride=self.x_embedder.stride)  # (n, D, T, H, W)
-        return rearrange(e, "n d t h w -> n (t h w) d").float()
+        # Token-major in memory, not only in shape: the residual stream inherits this layout through every layer,
+        # and a channel-major stream makes each residual add a transposed copy and each LayerNorm copy it first.
+        return rearrange(e, "n d t h w -> n (t h w) d").float().contiguous()
 
     def condition(self, t: torch.Tensor, dropped: torch.Tensor, distill_dt: float | None) -> torch.Tensor:
         """(n,) times -> (n, cond_dim): timestep embedding (+ distill step embedding) + caption-independent adaLN."""

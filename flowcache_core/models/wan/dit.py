@@ -355,7 +355,7 @@ class WanDiT(nn.Module):
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, F, H, W) latents -> (B, F, h*w, D) patch tokens, model dtype."""
         e = self.patch_embedding(x.to(self.dtype))  # (B, D, F, h, w)
-        return rearrange(e, "b d f h w -> b f (h w) d")
+        return rearrange(e, "b d f h w -> b f (h w) d").contiguous()  # token-major in memory (see magi1.dit)
 
     def condition(self, timesteps: torch.Tensor, fps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, F) timesteps -> temb (B, F, D) and modulation (B, F, 6, D), model dtype (diffusers rounds both)."""
