@@ -88,7 +88,6 @@ def measure(shapes: dict, device: str = "cuda", iters: int = 10) -> dict:
         timed = {b: r["ms"] for b, r in row["by_backend"].items() if "ms" in r}
         row["winner"] = min(timed, key=timed.get) if timed else None
         rows[name] = row
-        del q, k, v
     return rows
 
 

@@ -24,24 +24,11 @@ from flowcache_core.cache.kv import KVAccess, KVStore  # noqa: E402
 from flowcache_core.models.magi1.config import magi_4_5b  # noqa: E402
 from flowcache_core.models.attention import attend, available_backends  # noqa: E402
 from flowcache_core.models.magi1.dit import ChunkBatch, build_model  # noqa: E402
-from magi_shape import matmul_rate, time_it  # noqa: E402
+from magi_shape import Shape, linear_flops, matmul_rate, time_it  # noqa: E402
 
 
 def time_cuda(fn, warmup=2, iters=5) -> list[float]:
     return time_it(fn, "cuda", warmup, iters)  # CUDA events, the same timer as the other MAGI-1 benchmarks
-
-
-def forward_flops(cfg, L: int, n: int, n_cached: int, lc: int) -> float:
-    """Matmul FLOPs of one forward: projections, MLP, self-attention over the attended ranges, cross-attention."""
-    D, F, Hq, Hkv, hd = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
-    S = n * L
-    lin = 2 * S * (D * Hq * hd * 2 + D * Hkv * hd * 2 + 2 * Hq * hd * D + D * F * (2 if cfg.gated_linear_unit else 1) + F * D)
-    lin += 2 * n * lc * D * 2 * Hkv * hd  # caption K/V projection
-    attn = sum(4 * L * (n_cached + j + 1) * L * Hq * hd for j in range(n))
-    xattn = 4 * S * lc * Hq * hd
-    per_layer = lin + attn + xattn
-    head = 2 * S * (cfg.in_channels * cfg.patch_size**2 * D + D * cfg.patch_size**2 * cfg.out_channels)
-    return cfg.num_layers * per_layer + head
 
 
 @torch.no_grad()
@@ -153,7 +140,7 @@ def main() -> None:
     torch.cuda.reset_peak_memory_stats()
     times = time_cuda(fwd, warmup=2, iters=5)
     t = statistics.median(times)
-    flops = forward_flops(mc, L, n, n_cached, 120)
+    flops = linear_flops(Shape(cfg, cw=cw, h=h, n=n, n_cached=n_cached, caption_len=lc, caption_valid=120))[1]
     mm = matmul_rate("cuda", 8192, warmup=3, iters=10)
     res = {
         "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "layers": mc.num_layers,
