@@ -106,7 +106,7 @@ def generate_cmd(
     height: Optional[int] = typer.Option(None, "--height", min=1, help="Pixels."),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="Pixels."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
-    attn_backend: str = typer.Option("sdpa", "--attn-backend", help=f"One of {', '.join(ATTN_BACKENDS)}."),
+    attn_backend: str = typer.Option("auto", "--attn-backend", help=f"One of {', '.join(ATTN_BACKENDS)}."),
     cache: str = typer.Option("none", "--cache", help=f"Cache policy, one of {', '.join(policy_names())}. Options not given come from the model's cache_defaults."),
     json_log: Optional[Path] = typer.Option(None, "--json-log", help="Write one JSON object per forward to this file."),
     lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (RGB, qp 0): for exact comparisons."),

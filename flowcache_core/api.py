@@ -75,7 +75,7 @@ def _cache_defaults(data: dict | None) -> Any:
 def resolve(prompt: str = "", *, mode: str = "t2v", cache: CacheConfig | None = None,
             checkpoint_dir: str | os.PathLike | None = None, variant: str | None = None,
             config_file: str | os.PathLike | None = None, bundle: Bundle | None = None, device: str = "cpu",
-            attn_backend: str = "sdpa", spelled: dict[str, str] | None = None, **options: Any) -> Request:
+            attn_backend: str = "auto", spelled: dict[str, str] | None = None, **options: Any) -> Request:
     """Every default resolved in one place, in this order (later wins): built-in defaults < the checkpoint's
     config and `cache_defaults` < the config file < the arguments given here. `options`: num_steps, num_frames,
     height, width, seed and the family's own (e.g. cfg_number for MAGI-1); None = not given. `spelled`: how error

@@ -16,7 +16,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flash"])
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "flash"])
 def test_backend_matches_float64_reference_in_bf16(backend):
     if backend not in available_backends():
         pytest.skip(f"{backend} not importable here")
@@ -28,6 +28,20 @@ def test_backend_matches_float64_reference_in_bf16(backend):
     out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), backend=backend)
     assert out.shape == q.shape
     assert _rel(out, ref) < BF16_REL
+
+
+def test_auto_takes_flash_attn_4_only_where_it_applies():
+    """auto = flash-attn 4 for bf16/fp16 unmasked calls when importable, SDPA for the rest (float32, masks)."""
+    from flowcache_core.models.attention import _flash_fn
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 512, 8, 64, device="cuda", generator=g) for _ in range(3))
+    fa4 = _flash_fn() is not None and _flash_fn()[0] == "fa4"
+    half = [t.bfloat16() for t in (q, k, v)]
+    assert torch.equal(attend(*half, backend="auto"), attend(*half, backend="flash" if fa4 else "sdpa"))
+    assert torch.equal(attend(q, k, v, backend="auto"), attend(q, k, v, backend="sdpa"))  # float32: SDPA
+    mask = torch.ones(1, 1, 512, 512, dtype=torch.bool, device="cuda").tril()
+    assert torch.equal(attend(*half, mask=mask, backend="auto"), attend(*half, mask=mask, backend="sdpa"))
 
 
 def test_flash_and_sdpa_model_forwards_agree():

@@ -233,6 +233,8 @@ CONFIG_FILES = {
 BAD = {
     # case: (extra args, words the one error line must contain)
     "unknown mode": (["--mode", "x2v", "--prompt", PROMPT], ["--mode", "x2v", "t2v, i2v, v2v"]),
+    "unknown attention backend": (["--attn-backend", "fa3", "--prompt", PROMPT],
+                                  ["--attn-backend", "'fa3'", "auto, sdpa, flash"]),
     "missing checkpoint dir": (["--checkpoint-dir", "{tmp}/nowhere", "--prompt", PROMPT], ["does not exist"]),
     "corrupt safetensors": (["--checkpoint-dir", "{corrupt}", "--prompt", PROMPT], ["not a readable safetensors"]),
     "shape mismatch": (["--checkpoint-dir", "{mismatch}", "--prompt", PROMPT], ["weight", "has shape"]),

@@ -2,9 +2,13 @@
 
 Layouts are token-major, as the model keeps them: q (Lq, Hq, hd), k/v (Lk, Hkv, hd), GQA with
 q head i reading kv head i // (Hq // Hkv). Backends:
-- "sdpa" (default): torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is
-  preferred (fastest for MAGI-1 shapes on an H100, docs/PERFORMANCE.md), then flash, efficient, math.
-- "flash": flash-attn 2 (`flash_attn_func`) or 4 (`flash_attn.cute`) when importable.
+- "auto" (default): flash-attn 4 where it applies (CUDA, bf16/fp16, no mask, `flash_attn.cute` importable), SDPA
+  for every other call. On an H100 flash-attn 4 beat SDPA's best kernel at every self-attention shape of our
+  families and lost only where the keys are few (120 caption tokens); `bench/attn_backends.py`, docs/PERFORMANCE.md.
+  flash-attn 2 is not chosen by "auto": its kernel (the one PyTorch's SDPA vendors) ran at 0.6x cuDNN's there.
+- "sdpa": torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is preferred (fastest of
+  PyTorch's kernels for our shapes on an H100), then flash, efficient, math.
+- "flash": flash-attn 4 (`flash_attn.cute`) or 2 (`flash_attn_func`) when importable, for every unmasked call.
 `available_backends()` says which are usable here.
 """
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch.nn.functional as F
 
 from flowcache_core.errors import FlowcacheError
 
-ATTN_BACKENDS = ("sdpa", "flash")
+ATTN_BACKENDS = ("auto", "sdpa", "flash")
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,7 +43,7 @@ def _flash_fn():
 
 
 def available_backends() -> list[str]:
-    out = ["sdpa"]
+    out = ["auto", "sdpa"]
     if torch.cuda.is_available() and _flash_fn() is not None:
         out.append("flash")
     return out
@@ -72,6 +77,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Returns (B, Lq, Hq, hd). Softmax scale 1/sqrt(hd).
     """
     hq, hkv = q.shape[2], k.shape[2]
+    if backend == "auto":
+        fa = _flash_fn()
+        use_fa4 = fa is not None and fa[0] == "fa4" and mask is None and q.is_cuda and q.dtype in FLASH_DTYPES
+        backend = "flash" if use_fa4 else "sdpa"
     if backend == "flash" and mask is None:
         kind, fn = _flash_fn()  # type: ignore[misc]
         out = fn(q, k, v)

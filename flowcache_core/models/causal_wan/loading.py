@@ -23,7 +23,7 @@ def model_dtype(device: str | torch.device) -> torch.dtype:
 
 
 def load_generator(config: CausalWanConfig, *, device: str | torch.device, dtype: torch.dtype,
-                   attn_backend: str = "sdpa") -> WanDiT:
+                   attn_backend: str = "auto") -> WanDiT:
     """Our DiT with the generator's weights (original Wan names, checked strictly before anything is built)."""
     with torch.device("meta"):
         model = WanDiT(config.dit, attn_backend=attn_backend)

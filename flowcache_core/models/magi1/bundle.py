@@ -29,7 +29,7 @@ def default_model_dir() -> Path:
 
 
 def load_bundle(path: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
-                attn_backend: str = "sdpa", variant: str | None = None, precision: str | None = None) -> Bundle:
+                attn_backend: str = "auto", variant: str | None = None, precision: str | None = None) -> Bundle:
     """A flowcache bundle directory, or an official MAGI-1 release root (ckpt/magi, ckpt/vae, ckpt/t5).
     precision "fp8": the DiT's linears quantized on load (`quant.quantize_on_load`)."""
     from flowcache_core.models.magi1.release import is_magi_release, load_magi_release

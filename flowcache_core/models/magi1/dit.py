@@ -336,7 +336,7 @@ class FinalLinear(nn.Module):
 # The model
 # --------------------------------------------------------------------------------------------------------
 class VideoDiT(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn_backend: str = "sdpa"):
+    def __init__(self, cfg: ModelConfig, attn_backend: str = "auto"):
         super().__init__()
         self.cfg = cfg
         self.attn_backend = attn_backend
@@ -462,7 +462,7 @@ class VideoDiT(nn.Module):
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                attn_backend: str = "sdpa", seed: int | None = None) -> VideoDiT:
+                attn_backend: str = "auto", seed: int | None = None) -> VideoDiT:
     """A VideoDiT with MAGI-1-like random init (used for fresh training and random-weight benchmarks)."""
     if seed is not None:
         torch.manual_seed(seed)

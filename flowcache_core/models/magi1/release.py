@@ -104,7 +104,7 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def load_dit(config: MagiConfig, wdir: Path, *, device: str, dtype: torch.dtype, attn_backend: str = "sdpa",
+def load_dit(config: MagiConfig, wdir: Path, *, device: str, dtype: torch.dtype, attn_backend: str = "auto",
              quant: bool = False, quantize: bool = False) -> VideoDiT:
     """The DiT of a release: built on meta, materialized in `dtype` (norms/embedders float32), loaded strictly (cast
     per tensor). quant: the official fp8 layout (its fp8 weights and float32 scales keep their dtypes, checked);
@@ -122,7 +122,7 @@ def load_dit(config: MagiConfig, wdir: Path, *, device: str, dtype: torch.dtype,
 
 def load_magi_release(root: str | os.PathLike, variant: str | None = None, device: str = "cpu",
                       dtype: torch.dtype | None = None, t5_device: str = "cpu", vae_dtype: torch.dtype | None = None,
-                      attn_backend: str = "sdpa", precision: str | None = None) -> Bundle:
+                      attn_backend: str = "auto", precision: str | None = None) -> Bundle:
     """A Bundle (config, DiT, ViT VAE codec, T5 encoder) from an official MAGI-1 release directory.
     `precision`: None (the variant's own: fp8 for *_quant, else the params dtype), "bf16" (the same, said aloud;
     refused for *_quant) or "fp8" (a bf16 variant's linears quantized on load)."""

@@ -322,7 +322,7 @@ class _Forward:
 # The model
 # --------------------------------------------------------------------------------------------------------
 class WanDiT(nn.Module):
-    def __init__(self, cfg: WanDiTConfig, attn_backend: str = "sdpa"):
+    def __init__(self, cfg: WanDiTConfig, attn_backend: str = "auto"):
         super().__init__()
         self.cfg, self.attn_backend = cfg, attn_backend
         D = cfg.dim

@@ -22,7 +22,7 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # its index: WEIGHTS_NAME 
 
 
 def load_wan_transformer(folder: str | os.PathLike, device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32, attn_backend: str = "sdpa") -> WanDiT:
+                         dtype: torch.dtype = torch.float32, attn_backend: str = "auto") -> WanDiT:
     """A WanDiT in eval mode with the folder's weights, in `dtype` (float32 where diffusers keeps float32)."""
     d = Path(folder)
     if not d.is_dir():
