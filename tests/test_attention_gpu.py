@@ -68,3 +68,19 @@ def test_flash_and_sdpa_model_forwards_agree():
         with torch.no_grad():
             outs.append(model(batch).float())
     assert _rel(outs[1], outs[0]) < BF16_REL
+
+
+@torch.no_grad()
+def test_wan_forward_through_auto_matches_sdpa():
+    """The Wan DiT in bf16 on CUDA (block-causal self-attention, unmasked cross-attention to the text): the default
+    backend, flash-attn 4 where it imports (else SDPA), gives the SDPA forward's output within bf16's error."""
+    from test_wan_dit import inputs, random_model, tiny_cfg
+
+    model = random_model(tiny_cfg(attention_head_dim=64)).cuda().set_dtype(torch.bfloat16)
+    x, t, text = (a.cuda() for a in inputs())
+    ctx = model.embed_text(text)
+    outs = {}
+    for backend in ("sdpa", "auto"):
+        model.attn_backend = backend
+        outs[backend] = model(x, t, ctx, block_frames=2, fps=24).float()
+    assert _rel(outs["auto"], outs["sdpa"]) < BF16_REL
