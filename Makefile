@@ -1,7 +1,7 @@
 # flowcache — the commands README.md refers to.
 PY ?= python3
 
-.PHONY: install install-gpu test test-slow test-all lint default-model lpips-weights bench-gpu-forward
+.PHONY: install install-gpu test test-slow test-all lint default-model lpips-weights bench-gpu-forward bench-attn-backends
 
 install:            ## CPU machine: the local CPU torch first (a plain `torch` would pull a multi-GB CUDA build)
 	$(PY) -m pip install torch==2.13.0
@@ -44,5 +44,8 @@ default-model:      ## on a GPU: the shipped default model's six phases (v2's th
 lpips-weights:      ## LPIPS AlexNet trunk + linear heads into ~/.cache/flowcache (offline use afterwards)
 	sh scripts/fetch_lpips_weights.sh
 
-bench-gpu-forward:  ## on a GPU: MAGI-1 4.5B forward at 720x720, TFLOP/s and MFU
-	$(PY) bench/gpu_forward.py --out bench/results/gpu_forward.json
+bench-gpu-forward:  ## on a GPU: MAGI-1 4.5B forward at 720x720, TFLOP/s and MFU (flash-attn too where it imports)
+	$(PY) bench/gpu_forward.py --profile --also-flash --out bench/results/gpu_forward.json
+
+bench-attn-backends:  ## on a GPU: which attention kernel wins at each of the families' shapes
+	$(PY) bench/attn_backends.py --out bench/results/attn_backends.json
