@@ -3,8 +3,9 @@
 One forward of a window of 4 chunks (6 latent frames of 45x45 patches = 12150 tokens each) that attend
 to 2 cached clean chunks and to each other block-causally (chunk j sees the cached chunks and window chunks
 <= j). Reports time (median of CUDA-event timings), FLOPs counted analytically over the attended ranges
-only, achieved TFLOP/s and MFU against a bf16 matmul measured on the same card. Also checks the SDPA
-attention path against a float32 reference on random inputs. Prints a table, writes JSON.
+only, achieved TFLOP/s and MFU against a bf16 matmul measured on the same card. The forward runs SDPA
+(`--attn-backend sdpa`); `--also-flash` times the same forward with flash-attn where it imports. Also checks each
+attention backend against a float64 reference on random inputs. Prints a table, writes JSON.
 
     python bench/gpu_forward.py --out bench/results/gpu_forward.json
 """
@@ -118,7 +119,7 @@ def main() -> None:
         cfg.model.num_layers = a.layers
     mc = cfg.model
     torch.manual_seed(0)
-    model = build_model(mc, device=dev, dtype=torch.bfloat16, seed=0).eval()
+    model = build_model(mc, device=dev, dtype=torch.bfloat16, seed=0, attn_backend="sdpa").eval()
     with torch.no_grad():
         model.final_linear.linear.weight.normal_(0, 0.01)
     cw, h = 6, 90  # 720 px / 8 (VAE) = 90 latent, 45 patches
