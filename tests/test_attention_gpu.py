@@ -31,7 +31,7 @@ def test_backend_matches_float64_reference_in_bf16(backend):
 
 
 def test_auto_takes_flash_attn_4_only_where_it_applies():
-    """auto = flash-attn 4 for bf16/fp16 unmasked calls when importable, SDPA for the rest (float32, masks)."""
+    """auto = flash-attn 4 for bf16/fp16 unmasked calls without a gradient when importable, SDPA for the rest."""
     from flowcache_core.models.attention import _flash_fn
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -42,6 +42,8 @@ def test_auto_takes_flash_attn_4_only_where_it_applies():
     assert torch.equal(attend(q, k, v, backend="auto"), attend(q, k, v, backend="sdpa"))  # float32: SDPA
     mask = torch.ones(1, 1, 512, 512, dtype=torch.bool, device="cuda").tril()
     assert torch.equal(attend(*half, mask=mask, backend="auto"), attend(*half, mask=mask, backend="sdpa"))
+    grad = [t.clone().requires_grad_() for t in half]  # training: SDPA
+    assert torch.equal(attend(*grad, backend="auto"), attend(*grad, backend="sdpa"))
 
 
 def test_flash_and_sdpa_model_forwards_agree():

@@ -2,8 +2,8 @@
 
 Layouts are token-major, as the model keeps them: q (Lq, Hq, hd), k/v (Lk, Hkv, hd), GQA with
 q head i reading kv head i // (Hq // Hkv). Backends:
-- "auto" (default): flash-attn 4 where it applies (CUDA, bf16/fp16, no mask, `flash_attn.cute` importable), SDPA
-  for every other call. On an H100 flash-attn 4 beat SDPA's best kernel at every self-attention shape of our
+- "auto" (default): flash-attn 4 where it applies (CUDA, bf16/fp16, no mask, no gradient, `flash_attn.cute`
+  importable), SDPA for every other call (training included). On an H100 flash-attn 4 beat SDPA's best kernel at every self-attention shape of our
   families and lost only where the keys are few (120 caption tokens); `bench/attn_backends.py`, docs/PERFORMANCE.md.
   flash-attn 2 is not chosen by "auto": its kernel (the one PyTorch's SDPA vendors) ran at 0.6x cuDNN's there.
 - "sdpa": torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is preferred (fastest of
@@ -79,7 +79,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     hq, hkv = q.shape[2], k.shape[2]
     if backend == "auto":
         fa = _flash_fn()
-        use_fa4 = fa is not None and fa[0] == "fa4" and mask is None and q.is_cuda and q.dtype in FLASH_DTYPES
+        use_fa4 = (fa is not None and fa[0] == "fa4" and mask is None and q.is_cuda and q.dtype in FLASH_DTYPES
+                   and not (torch.is_grad_enabled() and q.requires_grad))  # training keeps SDPA, the tested path
         backend = "flash" if use_fa4 else "sdpa"
     if backend == "flash" and mask is None:
         kind, fn = _flash_fn()  # type: ignore[misc]
