@@ -18,8 +18,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("backend", ["auto", "sdpa", "flash"])
 def test_backend_matches_float64_reference_in_bf16(backend):
-    if backend not in available_backends():
-        pytest.skip(f"{backend} not importable here")
+    if backend == "flash" and "flash" not in available_backends():
+        pytest.skip("flash-attn not importable here")
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 1024, 24, 128, device="cuda", generator=g)  # (B, Lq, Hq, hd): GQA 24 query / 8 K/V heads
     k = torch.randn(1, 4096, 8, 128, device="cuda", generator=g)

@@ -3,13 +3,15 @@
 Layouts are token-major, as the model keeps them: q (Lq, Hq, hd), k/v (Lk, Hkv, hd), GQA with
 q head i reading kv head i // (Hq // Hkv). Backends:
 - "auto" (default): flash-attn 4 where it applies (CUDA, bf16/fp16, no mask, no gradient, `flash_attn.cute`
-  importable), SDPA for every other call (training included). On an H100 flash-attn 4 beat SDPA's best kernel at every self-attention shape of our
-  families and lost only where the keys are few (120 caption tokens); `bench/attn_backends.py`, docs/PERFORMANCE.md.
+  importable), SDPA for every other call (training included). On an H100 flash-attn 4 beat SDPA's best kernel at
+  every self-attention shape of our families and lost only where the keys are few (120 caption tokens);
+  `bench/attn_backends.py`, docs/PERFORMANCE.md.
   flash-attn 2 is not chosen by "auto": its kernel (the one PyTorch's SDPA vendors) ran at 0.6x cuDNN's there.
 - "sdpa": torch.nn.functional.scaled_dot_product_attention; on CUDA the cuDNN backend is preferred (fastest of
   PyTorch's kernels for our shapes on an H100), then flash, efficient, math.
 - "flash": flash-attn 4 (`flash_attn.cute`) or 2 (`flash_attn_func`) when importable, for every unmasked call.
-`available_backends()` says which are usable here.
+`available_backends()` says which kernels are usable here ("sdpa", and "flash" where it imports); "auto" chooses
+among them per call, so it is always usable and not listed.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def _flash_fn():
 
 
 def available_backends() -> list[str]:
-    out = ["auto", "sdpa"]
+    out = ["sdpa"]
     if torch.cuda.is_available() and _flash_fn() is not None:
         out.append("flash")
     return out
